@@ -1,0 +1,265 @@
+import CCurl
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An HTTP client over one libcurl multi handle, driven by its own thread so that no event loop ever
+/// blocks on the network. Connections are kept and reused per host (the multi handle's cache).
+///
+/// `start(_:)` returns as soon as the response head has arrived; the body then arrives chunk by chunk
+/// through `OutboundResponse.next()`, never buffered whole. A consumer that stops reading makes the
+/// transfer pause (back-pressure); one that goes away or is cancelled ends the transfer.
+public final class CurlClient: Sendable {
+    public struct Configuration: Sendable {
+        /// Connections kept open for reuse.
+        public var maxCachedConnections: Int = 256
+        /// Pause a transfer when this many body bytes wait unread.
+        public var pauseAboveBufferedBytes: Int = 1 << 20
+        public var userAgent: String = "aimesh"
+        public init() {}
+    }
+
+    let engine: CurlEngine
+
+    public init(configuration: Configuration = Configuration()) {
+        self.engine = CurlEngine(configuration: configuration)
+    }
+
+    /// Sends the request and waits for the response head (or an error). Cancelling the calling task
+    /// aborts the transfer.
+    public func start(_ request: OutboundRequest) async throws -> OutboundResponse {
+        let transfer = try Transfer(request: request, engine: engine)
+        let head: ResponseHead = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ResponseHead, any Error>) in
+                transfer.state.withLock { $0.headContinuation = continuation }
+                engine.submit(.add(transfer))
+            }
+        } onCancel: {
+            transfer.cancel()
+        }
+        return OutboundResponse(head: head, transfer: transfer)
+    }
+
+    /// Sends the request and collects the whole body, refusing bodies above `maxBytes`.
+    public func send(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws -> (ResponseHead, [UInt8]) {
+        let response = try await start(request)
+        let body = try await response.collect(maxBytes: maxBytes)
+        return (response.head, body)
+    }
+
+    /// Ends every transfer and stops the thread. Further calls fail with `.shutdown`.
+    public func shutdown() {
+        engine.shutdown()
+    }
+}
+
+/// A response whose body is still arriving.
+public final class OutboundResponse: Sendable, AsyncSequence {
+    public typealias Element = [UInt8]
+    public let head: ResponseHead
+    let transfer: Transfer
+
+    init(head: ResponseHead, transfer: Transfer) {
+        self.head = head
+        self.transfer = transfer
+    }
+
+    deinit {
+        transfer.cancel()
+    }
+
+    /// The next piece of the body, or nil at its end.
+    public func next() async throws -> [UInt8]? {
+        try await withTaskCancellationHandler {
+            try await transfer.nextChunk()
+        } onCancel: {
+            transfer.cancel()
+        }
+    }
+
+    /// The rest of the body as one array.
+    public func collect(maxBytes: Int) async throws -> [UInt8] {
+        var body: [UInt8] = []
+        while let chunk = try await next() {
+            if body.isEmpty { body = chunk } else { body.append(contentsOf: chunk) }
+            if body.count > maxBytes {
+                transfer.cancel()
+                throw TransferError(kind: .tooLarge(limit: maxBytes), phase: .duringBody, message: "response body larger than \(maxBytes) bytes")
+            }
+        }
+        return body
+    }
+
+    /// Stops the transfer; `next()` then fails with `.cancelled`.
+    public func cancel() { transfer.cancel() }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let response: OutboundResponse
+        public mutating func next() async throws -> [UInt8]? { try await response.next() }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(response: self) }
+}
+
+/// One transfer's state, shared between the curl thread and the task reading the body.
+final class Transfer: @unchecked Sendable {
+    struct State {
+        var headContinuation: CheckedContinuation<ResponseHead, any Error>?
+        var headDelivered = false
+        var chunks: [[UInt8]] = []
+        var chunkIndex = 0
+        var buffered = 0
+        var finished: TransferError?? = nil  // .some(nil) = clean end
+        var bodyContinuation: CheckedContinuation<[UInt8]?, any Error>?
+        var paused = false
+        var cancelRequested = false
+    }
+
+    let state = Mutex(State())
+    unowned(unsafe) let engine: CurlEngine
+    let request: OutboundRequest
+    // Owned by the curl thread only:
+    var easy: UnsafeMutableRawPointer?
+    var headerList: UnsafeMutablePointer<curl_slist>?
+    var bodyPointer: UnsafeMutableRawPointer?
+    var errorBuffer: UnsafeMutablePointer<CChar>
+    var status = 0
+    var headers: [(name: String, value: String)] = []
+    var headSeen = false
+    var firstByteDeadline: ContinuousClock.Instant?
+    var idleDeadline: ContinuousClock.Instant?
+    var lastActivity: ContinuousClock.Instant
+    let pauseAbove: Int
+
+    init(request: OutboundRequest, engine: CurlEngine) throws {
+        guard request.url.hasPrefix("http://") || request.url.hasPrefix("https://") else {
+            throw TransferError(kind: .invalidRequest, phase: .beforeResponse, message: "unsupported URL scheme in \(CurlEngine.redact(request.url))")
+        }
+        self.request = request
+        self.engine = engine
+        self.pauseAbove = engine.configuration.pauseAboveBufferedBytes
+        self.errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        self.errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+        self.lastActivity = .now
+    }
+
+    deinit {
+        errorBuffer.deallocate()
+        bodyPointer?.deallocate()
+    }
+
+    /// Asks the curl thread to end the transfer. Safe from any thread, any number of times.
+    func cancel() {
+        let first = state.withLock { state -> Bool in
+            if state.cancelRequested || state.finished != nil { return false }
+            state.cancelRequested = true
+            return true
+        }
+        if first { engine.submit(.cancel(self)) }
+    }
+
+    func nextChunk() async throws -> [UInt8]? {
+        // Fast path without suspending.
+        enum Immediate { case chunk([UInt8]), end, failure(TransferError), wait }
+        let (immediate, unpause): (Immediate, Bool) = state.withLock { state in
+            if state.chunkIndex < state.chunks.count {
+                let chunk = state.chunks[state.chunkIndex]
+                state.chunkIndex += 1
+                if state.chunkIndex == state.chunks.count {
+                    state.chunks.removeAll(keepingCapacity: true)
+                    state.chunkIndex = 0
+                }
+                state.buffered -= chunk.count
+                let unpause = state.paused && state.buffered < self.pauseAbove / 2
+                if unpause { state.paused = false }
+                return (.chunk(chunk), unpause)
+            }
+            if let finished = state.finished {
+                if let error = finished { return (.failure(error), false) }
+                return (.end, false)
+            }
+            return (.wait, false)
+        }
+        if unpause { engine.submit(.unpause(self)) }
+        switch immediate {
+        case .chunk(let chunk): return chunk
+        case .end: return nil
+        case .failure(let error): throw error
+        case .wait:
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[UInt8]?, any Error>) in
+                let resolved: Result<[UInt8]?, TransferError>? = state.withLock { state in
+                    if state.chunkIndex < state.chunks.count {
+                        let chunk = state.chunks[state.chunkIndex]
+                        state.chunkIndex += 1
+                        state.buffered -= chunk.count
+                        return .success(chunk)
+                    }
+                    if let finished = state.finished {
+                        if let error = finished { return .failure(error) }
+                        return .success(nil)
+                    }
+                    state.bodyContinuation = continuation
+                    return nil
+                }
+                if let resolved { continuation.resume(with: resolved) }
+            }
+        }
+    }
+
+    // MARK: Called on the curl thread
+
+    /// Delivers body bytes; returns false when the transfer should pause.
+    func deliver(_ bytes: [UInt8]) -> Bool {
+        let (waiter, keepGoing): (CheckedContinuation<[UInt8]?, any Error>?, Bool) = state.withLock { state in
+            if let waiter = state.bodyContinuation {
+                state.bodyContinuation = nil
+                return (waiter, true)
+            }
+            state.chunks.append(bytes)
+            state.buffered += bytes.count
+            if state.buffered > self.pauseAbove {
+                state.paused = true
+                return (nil, false)
+            }
+            return (nil, true)
+        }
+        waiter?.resume(returning: bytes)
+        return keepGoing
+    }
+
+    func deliverHead() {
+        let head = ResponseHead(status: status, headers: headers)
+        let continuation = state.withLock { state -> CheckedContinuation<ResponseHead, any Error>? in
+            state.headDelivered = true
+            defer { state.headContinuation = nil }
+            return state.headContinuation
+        }
+        continuation?.resume(returning: head)
+    }
+
+    func finish(_ error: TransferError?) {
+        let (headWaiter, bodyWaiter) = state.withLock { state -> (CheckedContinuation<ResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?) in
+            if state.finished == nil { state.finished = .some(error) }
+            let head = state.headContinuation
+            let body = state.bodyContinuation
+            state.headContinuation = nil
+            state.bodyContinuation = nil
+            return (head, body)
+        }
+        if let headWaiter {
+            if let error {
+                headWaiter.resume(throwing: error)
+            } else {
+                // Completed without a final head (should not happen with HTTP): report what we have.
+                headWaiter.resume(returning: ResponseHead(status: status, headers: headers))
+            }
+        }
+        if let bodyWaiter {
+            if let error { bodyWaiter.resume(throwing: error) } else { bodyWaiter.resume(returning: nil) }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+import CCurl
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+private let curlGlobalInit: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
+
+/// The thread that owns the multi handle. Other threads talk to it only through `submit(_:)`.
+final class CurlEngine: @unchecked Sendable {
+    enum Command {
+        case add(Transfer)
+        case cancel(Transfer)
+        case unpause(Transfer)
+    }
+
+    let configuration: CurlClient.Configuration
+    private let multi: UnsafeMutableRawPointer
+    private let commands = Mutex<(queue: [Command], shutdown: Bool)>(([], false))
+    // Curl thread only:
+    private var active: [UnsafeMutableRawPointer: Transfer] = [:]
+    private let noProxy: String
+    private var thread: pthread_t?
+
+    init(configuration: CurlClient.Configuration) {
+        precondition(curlGlobalInit, "curl_global_init failed")
+        self.configuration = configuration
+        self.multi = curl_multi_init()!
+        _ = aimesh_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, configuration.maxCachedConnections)
+        // Loopback never goes through a proxy; everything else honours http(s)_proxy and no_proxy.
+        let env = getenv("no_proxy").map { String(cString: $0) } ?? getenv("NO_PROXY").map { String(cString: $0) } ?? ""
+        self.noProxy = ([env] + ["localhost", "127.0.0.1", "::1"]).filter { !$0.isEmpty }.joined(separator: ",")
+        startThread()
+    }
+
+    private func startThread() {
+        final class Box { let engine: CurlEngine; init(_ e: CurlEngine) { engine = e } }
+        let box = Unmanaged.passRetained(Box(self)).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(&thread, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.engine.run()
+            return nil
+        }, box)
+        precondition(result == 0, "could not start the curl thread")
+        self.thread = thread
+    }
+
+    func submit(_ command: Command) {
+        let accepted = commands.withLock { state -> Bool in
+            if state.shutdown { return false }
+            state.queue.append(command)
+            return true
+        }
+        if accepted {
+            curl_multi_wakeup(multi)
+        } else if case .add(let transfer) = command {
+            transfer.finish(TransferError(kind: .shutdown, phase: .beforeResponse, message: "the HTTP client is shut down"))
+        }
+    }
+
+    func shutdown() {
+        let already = commands.withLock { state -> Bool in
+            defer { state.shutdown = true }
+            return state.shutdown
+        }
+        guard !already else { return }
+        curl_multi_wakeup(multi)
+        if let thread { pthread_join(thread, nil) }
+        curl_multi_cleanup(multi)
+    }
+
+    // MARK: The loop
+
+    private func run() {
+        while true {
+            let (batch, stopping) = commands.withLock { state -> ([Command], Bool) in
+                defer { state.queue.removeAll(keepingCapacity: true) }
+                return (state.queue, state.shutdown)
+            }
+            for command in batch { handle(command) }
+            if stopping {
+                for transfer in Array(active.values) {
+                    complete(transfer, error: TransferError(kind: .shutdown, phase: transfer.headSeen ? .duringBody : .beforeResponse, message: "the HTTP client is shut down"))
+                }
+                return
+            }
+            var running: Int32 = 0
+            curl_multi_perform(multi, &running)
+            readCompletions()
+            let waitMillis = enforceDeadlines()
+            if !commands.withLock({ !$0.queue.isEmpty || $0.shutdown }) {
+                curl_multi_poll(multi, nil, 0, Int32(waitMillis), nil)
+            }
+        }
+    }
+
+    private func handle(_ command: Command) {
+        switch command {
+        case .add(let transfer):
+            if transfer.state.withLock({ $0.cancelRequested }) {
+                transfer.finish(TransferError(kind: .cancelled, phase: .beforeResponse, message: "request cancelled"))
+                return
+            }
+            do {
+                try configure(transfer)
+            } catch let error as TransferError {
+                cleanup(transfer)
+                transfer.finish(error)
+                return
+            } catch {
+                return
+            }
+            let key = transfer.easy!
+            active[key] = transfer
+            curl_multi_add_handle(multi, transfer.easy)
+        case .cancel(let transfer):
+            guard let easy = transfer.easy, active[easy] != nil else { return }
+            complete(transfer, error: TransferError(kind: .cancelled, phase: transfer.headSeen ? .duringBody : .beforeResponse, message: "request cancelled"))
+        case .unpause(let transfer):
+            guard let easy = transfer.easy, active[easy] != nil else { return }
+            curl_easy_pause(easy, aimesh_curlpause_cont())
+        }
+    }
+
+    private func configure(_ transfer: Transfer) throws {
+        guard let easy = curl_easy_init() else {
+            throw TransferError(kind: .other(code: -1), phase: .beforeResponse, message: "curl_easy_init failed")
+        }
+        transfer.easy = easy
+        let request = transfer.request
+        let userdata = Unmanaged.passUnretained(transfer).toOpaque()
+        _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_URL, request.url)
+        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
+        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
+        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
+        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_PIPEWAIT, 1)
+        _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_NOPROXY, noProxy)
+        _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_USERAGENT, configuration.userAgent)
+        _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, transfer.errorBuffer)
+        _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_PRIVATE, userdata)
+        _ = aimesh_curl_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWriteCallback)
+        _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_WRITEDATA, userdata)
+        _ = aimesh_curl_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeaderCallback)
+        _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_HEADERDATA, userdata)
+        if let connect = request.timeouts.connect {
+            _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, max(1, Int(connect.milliseconds)))
+        }
+        if let total = request.timeouts.total {
+            _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, max(1, Int(total.milliseconds)))
+        }
+        let now = ContinuousClock.now
+        transfer.lastActivity = now
+        if let firstByte = request.timeouts.firstByte { transfer.firstByteDeadline = now + firstByte }
+
+        let method = request.method.uppercased()
+        if let body = request.body {
+            let pointer = UnsafeMutableRawPointer.allocate(byteCount: max(body.count, 1), alignment: 1)
+            body.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: body.count) }
+            transfer.bodyPointer = pointer
+            _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_POST, 1)
+            _ = aimesh_curl_easy_setopt_off_t(easy, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
+            _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_POSTFIELDS, pointer)
+            if method != "POST" { _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, method) }
+        } else if method == "HEAD" {
+            _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_NOBODY, 1)
+        } else if method != "GET" {
+            _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_CUSTOMREQUEST, method)
+        }
+        var list: UnsafeMutablePointer<curl_slist>? = nil
+        for header in request.headers {
+            guard !header.name.contains(where: { $0 == "\r" || $0 == "\n" || $0 == ":" }),
+                  !header.value.contains(where: { $0 == "\r" || $0 == "\n" })
+            else {
+                curl_slist_free_all(list)
+                throw TransferError(kind: .invalidRequest, phase: .beforeResponse, message: "header \(header.name) contains a line break")
+            }
+            list = curl_slist_append(list, "\(header.name): \(header.value)")
+        }
+        // No "Expect: 100-continue" round trip for larger bodies.
+        list = curl_slist_append(list, "Expect:")
+        transfer.headerList = list
+        _ = aimesh_curl_easy_setopt_slist(easy, CURLOPT_HTTPHEADER, list)
+    }
+
+    private func readCompletions() {
+        var remaining: Int32 = 0
+        while let message = curl_multi_info_read(multi, &remaining) {
+            guard message.pointee.msg == CURLMSG_DONE, let easy = message.pointee.easy_handle,
+                  let transfer = active[easy]
+            else { continue }
+            let code = message.pointee.data.result
+            if code == CURLE_OK {
+                if transfer.headSeen {
+                    complete(transfer, error: nil)
+                } else {
+                    complete(transfer, error: TransferError(kind: .connectionReset, phase: .beforeResponse, message: "the server closed the connection without a response"))
+                }
+            } else {
+                complete(transfer, error: transferError(for: code, transfer: transfer))
+            }
+        }
+    }
+
+    /// Fails transfers past their first-byte or idle deadline; returns how long the loop may sleep.
+    private func enforceDeadlines() -> Int {
+        var wait = 1000
+        guard !active.isEmpty else { return wait }
+        let now = ContinuousClock.now
+        for transfer in Array(active.values) {
+            if !transfer.headSeen, let deadline = transfer.firstByteDeadline {
+                if now >= deadline {
+                    complete(transfer, error: TransferError(kind: .firstByteTimeout, phase: .beforeResponse, message: "no response within \(Self.format(transfer.request.timeouts.firstByte!))"))
+                    continue
+                }
+                wait = min(wait, Int((deadline - now).milliseconds) + 1)
+            }
+            if transfer.headSeen, let idle = transfer.request.timeouts.idle {
+                let paused = transfer.state.withLock { $0.paused }
+                if paused { continue }
+                let deadline = transfer.lastActivity + idle
+                if now >= deadline {
+                    complete(transfer, error: TransferError(kind: .idleTimeout, phase: .duringBody, message: "the response stalled for \(Self.format(idle))"))
+                    continue
+                }
+                wait = min(wait, Int((deadline - now).milliseconds) + 1)
+            }
+        }
+        return max(wait, 1)
+    }
+
+    private func complete(_ transfer: Transfer, error: TransferError?) {
+        cleanup(transfer)
+        transfer.finish(error)
+    }
+
+    private func cleanup(_ transfer: Transfer) {
+        if let easy = transfer.easy {
+            if active.removeValue(forKey: easy) != nil {
+                curl_multi_remove_handle(multi, easy)
+            }
+            curl_easy_cleanup(easy)
+            transfer.easy = nil
+        }
+        if let list = transfer.headerList {
+            curl_slist_free_all(list)
+            transfer.headerList = nil
+        }
+    }
+
+    private func transferError(for code: CURLcode, transfer: Transfer) -> TransferError {
+        let phase: TransferError.Phase = transfer.headSeen ? .duringBody : .beforeResponse
+        let detail = String(cString: transfer.errorBuffer)
+        let reason = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
+        let kind: TransferError.Kind
+        switch code {
+        case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY: kind = .couldNotResolve
+        case CURLE_COULDNT_CONNECT: kind = .couldNotConnect
+        case CURLE_OPERATION_TIMEDOUT:
+            if !transfer.headSeen, transfer.request.timeouts.connect != nil, reason.lowercased().contains("connect") {
+                kind = .connectTimeout
+            } else {
+                kind = .totalTimeout
+            }
+        case CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE: kind = .connectionReset
+        default: kind = .other(code: Int(code.rawValue))
+        }
+        return TransferError(kind: kind, phase: phase, message: Self.redact(reason))
+    }
+
+    static func format(_ duration: Duration) -> String {
+        let ms = duration.milliseconds
+        return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
+    }
+
+    /// Removes user:password@ from URLs and query strings (which may carry `key=`) from messages.
+    static func redact(_ text: String) -> String {
+        var out = ""
+        var index = text.startIndex
+        while index < text.endIndex {
+            if let range = text[index...].range(of: "://") {
+                out += text[index..<range.upperBound]
+                var cursor = range.upperBound
+                let authorityEnd = text[cursor...].firstIndex { $0 == "/" || $0 == " " || $0 == "?" } ?? text.endIndex
+                if let at = text[cursor..<authorityEnd].lastIndex(of: "@") { cursor = text.index(after: at) }
+                let pathEnd = text[cursor...].firstIndex { $0 == " " || $0 == "?" } ?? text.endIndex
+                out += text[cursor..<pathEnd]
+                index = pathEnd
+                if index < text.endIndex, text[index] == "?" {
+                    index = text[index...].firstIndex(of: " ") ?? text.endIndex
+                }
+            } else {
+                out += text[index...]
+                break
+            }
+        }
+        return out
+    }
+}
+
+extension Duration {
+    fileprivate var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
+
+extension StringProtocol {
+    fileprivate func range(of needle: String) -> Range<Index>? {
+        guard let first = needle.first else { return nil }
+        var index = startIndex
+        while index < endIndex {
+            if self[index] == first, self[index...].hasPrefix(needle) {
+                return index..<self.index(index, offsetBy: needle.count)
+            }
+            index = self.index(after: index)
+        }
+        return nil
+    }
+}
+
+private func curlWriteCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ userdata: UnsafeMutableRawPointer?) -> Int {
+    let length = size * count
+    guard let userdata else { return 0 }
+    let transfer = Unmanaged<Transfer>.fromOpaque(userdata).takeUnretainedValue()
+    transfer.lastActivity = .now
+    if length == 0 { return 0 }
+    let bytes = [UInt8](UnsafeRawBufferPointer(start: pointer, count: length))
+    return transfer.deliver(bytes) ? length : aimesh_curl_writefunc_pause()
+}
+
+private func curlHeaderCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ userdata: UnsafeMutableRawPointer?) -> Int {
+    let length = size * count
+    guard let userdata, let pointer else { return 0 }
+    let transfer = Unmanaged<Transfer>.fromOpaque(userdata).takeUnretainedValue()
+    transfer.lastActivity = .now
+    let line = String(decoding: UnsafeRawBufferPointer(start: pointer, count: length), as: UTF8.self)
+    if line.hasPrefix("HTTP/") {
+        // A new response (after 100 Continue or a redirect): start over.
+        let parts = line.split(separator: " ", maxSplits: 2)
+        transfer.status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
+        transfer.headers.removeAll()
+    } else if line == "\r\n" || line == "\n" {
+        if transfer.status >= 200 && !transfer.headSeen {
+            transfer.headSeen = true
+            transfer.deliverHead()
+        }
+    } else if let colon = line.firstIndex(of: ":") {
+        let name = String(line[..<colon])
+        var value = line[line.index(after: colon)...]
+        while let first = value.first, first == " " || first == "\t" { value = value.dropFirst() }
+        while let last = value.last, last == "\r" || last == "\n" || last == " " { value = value.dropLast() }
+        transfer.headers.append((name, String(value)))
+    }
+    return length
+}

@@ -1,0 +1,370 @@
+/// Why a text is not the JSON we accept, and where.
+public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Byte offset of the problem.
+    public var offset: Int
+    public var line: Int
+    public var column: Int
+    public var reason: String
+
+    public var description: String { "invalid JSON at line \(line), column \(column): \(reason)" }
+}
+
+/// A strict RFC 8259 parser over bytes with bounded nesting. It can also report where each member of
+/// the top-level object sits, so a gateway can splice one field (`model`) without re-encoding the body.
+public struct JSONParser {
+    public struct Limits: Sendable {
+        public var maxDepth: Int
+        public var maxStringBytes: Int
+        public init(maxDepth: Int = 128, maxStringBytes: Int = 64 << 20) {
+            self.maxDepth = maxDepth
+            self.maxStringBytes = maxStringBytes
+        }
+    }
+
+    /// A parsed top-level object with the byte range of each member's value.
+    public struct TopLevel: Sendable {
+        public var object: JSONObject
+        /// For each key, the range of its value's bytes (the last occurrence wins, as for lookups).
+        public var valueRanges: [String: Range<Int>]
+        /// Offset of the closing `}`.
+        public var closingBrace: Int
+        /// Offset just after the opening `{`.
+        public var afterOpeningBrace: Int
+    }
+
+    public static func parse<Bytes: Collection<UInt8>>(_ bytes: Bytes, limits: Limits = Limits()) throws(JSONParseError) -> JSON {
+        if let result = bytes.withContiguousStorageIfAvailable({ buffer in Result { () throws(JSONParseError) in
+            var parser = Cursor(buffer, limits: limits, recordTopLevel: false)
+            return try parser.parseDocument()
+        } }) {
+            return try result.get()
+        }
+        let array = Array(bytes)
+        return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var parser = Cursor(buffer, limits: limits, recordTopLevel: false)
+            return try parser.parseDocument()
+        }
+    }
+
+    public static func parse(_ string: String, limits: Limits = Limits()) throws(JSONParseError) -> JSON {
+        try parse(Array(string.utf8), limits: limits)
+    }
+
+    /// Parses a document that must be an object and reports the position of each top-level member.
+    public static func parseTopLevelObject(_ bytes: [UInt8], limits: Limits = Limits()) throws(JSONParseError) -> TopLevel {
+        try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var parser = Cursor(buffer, limits: limits, recordTopLevel: true)
+            let value = try parser.parseDocument()
+            guard case .object(let object) = value else {
+                throw parser.error(at: 0, "expected a JSON object at the top level, found \(value.typeName)")
+            }
+            return TopLevel(
+                object: object,
+                valueRanges: parser.topLevelRanges,
+                closingBrace: parser.topLevelClose,
+                afterOpeningBrace: parser.topLevelOpen
+            )
+        }
+    }
+}
+
+extension Result where Failure == JSONParseError {
+    fileprivate init(_ body: () throws(JSONParseError) -> Success) {
+        do { self = .success(try body()) } catch { self = .failure(error) }
+    }
+}
+
+private struct Cursor {
+    let bytes: UnsafeBufferPointer<UInt8>
+    var index = 0
+    let limits: JSONParser.Limits
+    let recordTopLevel: Bool
+    var topLevelRanges: [String: Range<Int>] = [:]
+    var topLevelOpen = 0
+    var topLevelClose = 0
+    var scratch: [UInt8] = []
+
+    init(_ bytes: UnsafeBufferPointer<UInt8>, limits: JSONParser.Limits, recordTopLevel: Bool) {
+        self.bytes = bytes
+        self.limits = limits
+        self.recordTopLevel = recordTopLevel
+    }
+
+    func error(at offset: Int, _ reason: String) -> JSONParseError {
+        var line = 1
+        var column = 1
+        var i = 0
+        let end = min(offset, bytes.count)
+        while i < end {
+            if bytes[i] == UInt8(ascii: "\n") {
+                line += 1
+                column = 1
+            } else if bytes[i] & 0xC0 != 0x80 {
+                column += 1
+            }
+            i += 1
+        }
+        return JSONParseError(offset: offset, line: line, column: column, reason: reason)
+    }
+
+    mutating func parseDocument() throws(JSONParseError) -> JSON {
+        skipWhitespace()
+        if index >= bytes.count { throw error(at: index, "the body is empty") }
+        let value = try parseValue(depth: 0)
+        skipWhitespace()
+        if index < bytes.count { throw error(at: index, "unexpected \(describe(bytes[index])) after the end of the value") }
+        return value
+    }
+
+    @inline(__always)
+    mutating func skipWhitespace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x0A, 0x0D, 0x09: index += 1
+            default: return
+            }
+        }
+    }
+
+    func describe(_ byte: UInt8) -> String {
+        if byte >= 0x20 && byte < 0x7F { return "'\(Character(Unicode.Scalar(byte)))'" }
+        return "byte 0x\(String(byte, radix: 16))"
+    }
+
+    mutating func parseValue(depth: Int) throws(JSONParseError) -> JSON {
+        guard index < bytes.count else { throw error(at: index, "unexpected end of input, expected a value") }
+        switch bytes[index] {
+        case UInt8(ascii: "{"):
+            return try parseObject(depth: depth + 1)
+        case UInt8(ascii: "["):
+            return try parseArray(depth: depth + 1)
+        case UInt8(ascii: "\""):
+            return .string(try parseString())
+        case UInt8(ascii: "t"):
+            try expectLiteral("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try expectLiteral("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try expectLiteral("null")
+            return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return .number(try parseNumber())
+        default:
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected a value")
+        }
+    }
+
+    mutating func expectLiteral(_ literal: StaticString) throws(JSONParseError) {
+        let count = literal.utf8CodeUnitCount
+        guard index + count <= bytes.count else { throw error(at: index, "unexpected end of input in '\(literal)'") }
+        let start = literal.utf8Start
+        for offset in 0..<count where bytes[index + offset] != start[offset] {
+            throw error(at: index + offset, "invalid literal, expected '\(literal)'")
+        }
+        index += count
+    }
+
+    mutating func parseObject(depth: Int) throws(JSONParseError) -> JSON {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        let isTop = recordTopLevel && depth == 1
+        index += 1  // {
+        if isTop { topLevelOpen = index }
+        var members: [JSONObject.Member] = []
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
+            if isTop { topLevelClose = index }
+            index += 1
+            return .object(JSONObject(members))
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
+            guard bytes[index] == UInt8(ascii: "\"") else {
+                throw error(at: index, "unexpected \(describe(bytes[index])), expected a member name in double quotes")
+            }
+            let key = try parseString()
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
+                throw error(at: index, "expected ':' after member name \"\(key)\"")
+            }
+            index += 1
+            skipWhitespace()
+            let valueStart = index
+            let value = try parseValue(depth: depth)
+            if isTop { topLevelRanges[key] = valueStart..<index }
+            members.append(JSONObject.Member(key: key, value: value))
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "}") {
+                if isTop { topLevelClose = index }
+                index += 1
+                return .object(JSONObject(members))
+            }
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or '}'")
+        }
+    }
+
+    mutating func parseArray(depth: Int) throws(JSONParseError) -> JSON {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        index += 1  // [
+        var items: [JSON] = []
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
+            index += 1
+            return .array(items)
+        }
+        while true {
+            skipWhitespace()
+            items.append(try parseValue(depth: depth))
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an array") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "]") {
+                index += 1
+                return .array(items)
+            }
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or ']'")
+        }
+    }
+
+    mutating func parseNumber() throws(JSONParseError) -> String {
+        let start = index
+        if bytes[index] == UInt8(ascii: "-") { index += 1 }
+        guard index < bytes.count else { throw error(at: index, "unexpected end of input in a number") }
+        if bytes[index] == UInt8(ascii: "0") {
+            index += 1
+        } else if isDigit(bytes[index]) {
+            while index < bytes.count, isDigit(bytes[index]) { index += 1 }
+        } else {
+            throw error(at: index, "invalid number: expected a digit")
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            guard index < bytes.count, isDigit(bytes[index]) else { throw error(at: index, "invalid number: expected a digit after '.'") }
+            while index < bytes.count, isDigit(bytes[index]) { index += 1 }
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            guard index < bytes.count, isDigit(bytes[index]) else { throw error(at: index, "invalid number: expected a digit in the exponent") }
+            while index < bytes.count, isDigit(bytes[index]) { index += 1 }
+        }
+        if index - start > 512 { throw error(at: start, "number longer than 512 characters") }
+        return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+    }
+
+    @inline(__always)
+    func isDigit(_ byte: UInt8) -> Bool { byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
+
+    mutating func parseString() throws(JSONParseError) -> String {
+        let open = index
+        index += 1  // "
+        let start = index
+        // Fast path: no escapes, ASCII or valid UTF-8.
+        var hasEscape = false
+        var hasHighBytes = false
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { break }
+            if byte == UInt8(ascii: "\\") {
+                hasEscape = true
+                break
+            }
+            if byte < 0x20 { throw error(at: index, "control character in a string (escape it)") }
+            if byte >= 0x80 { hasHighBytes = true }
+            index += 1
+        }
+        guard index < bytes.count else { throw error(at: open, "unterminated string") }
+        if !hasEscape {
+            let slice = UnsafeBufferPointer(rebasing: bytes[start..<index])
+            index += 1
+            if slice.count > limits.maxStringBytes { throw error(at: start, "string longer than \(limits.maxStringBytes) bytes") }
+            if hasHighBytes {
+                guard let string = String(validating: slice, as: UTF8.self) else {
+                    throw error(at: start, "string is not valid UTF-8")
+                }
+                return string
+            }
+            return String(decoding: slice, as: UTF8.self)
+        }
+        // Slow path with escapes.
+        scratch.removeAll(keepingCapacity: true)
+        scratch.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<index]))
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") {
+                index += 1
+                if scratch.count > limits.maxStringBytes { throw error(at: start, "string longer than \(limits.maxStringBytes) bytes") }
+                guard let string = String(validating: scratch, as: UTF8.self) else {
+                    throw error(at: start, "string is not valid UTF-8")
+                }
+                return string
+            }
+            if byte < 0x20 { throw error(at: index, "control character in a string (escape it)") }
+            if byte != UInt8(ascii: "\\") {
+                scratch.append(byte)
+                index += 1
+                continue
+            }
+            index += 1
+            guard index < bytes.count else { throw error(at: open, "unterminated string") }
+            let escape = bytes[index]
+            index += 1
+            switch escape {
+            case UInt8(ascii: "\""): scratch.append(0x22)
+            case UInt8(ascii: "\\"): scratch.append(0x5C)
+            case UInt8(ascii: "/"): scratch.append(0x2F)
+            case UInt8(ascii: "b"): scratch.append(0x08)
+            case UInt8(ascii: "f"): scratch.append(0x0C)
+            case UInt8(ascii: "n"): scratch.append(0x0A)
+            case UInt8(ascii: "r"): scratch.append(0x0D)
+            case UInt8(ascii: "t"): scratch.append(0x09)
+            case UInt8(ascii: "u"):
+                var scalar = try parseHex4()
+                if (0xD800...0xDBFF).contains(scalar) {
+                    guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
+                        throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
+                    }
+                    index += 2
+                    let low = try parseHex4()
+                    guard (0xDC00...0xDFFF).contains(low) else { throw error(at: index, "invalid low surrogate in \\u escape") }
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(scalar) {
+                    throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
+                }
+                guard let unicode = Unicode.Scalar(scalar) else { throw error(at: index, "invalid \\u escape") }
+                scratch.append(contentsOf: UTF8.encode(unicode)!)
+            default:
+                throw error(at: index - 1, "invalid escape '\\\(Character(Unicode.Scalar(escape)))'")
+            }
+        }
+        throw error(at: open, "unterminated string")
+    }
+
+    mutating func parseHex4() throws(JSONParseError) -> UInt32 {
+        guard index + 4 <= bytes.count else { throw error(at: index, "unexpected end of input in \\u escape") }
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            let byte = bytes[index]
+            let digit: UInt32
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = UInt32(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = UInt32(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = UInt32(byte - UInt8(ascii: "A") + 10)
+            default: throw error(at: index, "invalid hex digit in \\u escape")
+            }
+            value = value << 4 | digit
+            index += 1
+        }
+        return value
+    }
+}

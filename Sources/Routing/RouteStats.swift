@@ -1,0 +1,41 @@
+/// What this node has seen of one route: latency and error-rate moving averages and its breaker.
+/// A pure value; the gateway keeps one per route behind a lock.
+public struct RouteStats: Sendable {
+    /// Exponentially weighted mean of the time to a full answer (non-streaming) or first token.
+    public private(set) var latencyEWMA: Duration?
+    /// Exponentially weighted failure ratio (0–1).
+    public private(set) var errorEWMA: Double = 0
+    public private(set) var inFlight = 0
+    public private(set) var successes = 0
+    public private(set) var failures = 0
+    public var breaker: CircuitBreaker
+
+    /// Weight of the newest sample.
+    public let alpha: Double
+
+    public init(breaker: CircuitBreaker.Settings, alpha: Double = 0.2) {
+        self.breaker = CircuitBreaker(settings: breaker)
+        self.alpha = alpha
+    }
+
+    public mutating func begin() { inFlight += 1 }
+
+    public mutating func end() { inFlight = max(0, inFlight - 1) }
+
+    public mutating func recordSuccess(latency: Duration, at now: ContinuousClock.Instant) {
+        successes += 1
+        errorEWMA = errorEWMA * (1 - alpha)
+        if let current = latencyEWMA {
+            latencyEWMA = current * (1 - alpha) + latency * alpha
+        } else {
+            latencyEWMA = latency
+        }
+        breaker.recordSuccess(at: now)
+    }
+
+    public mutating func recordFailure(at now: ContinuousClock.Instant) {
+        failures += 1
+        errorEWMA = errorEWMA * (1 - alpha) + alpha
+        breaker.recordFailure(at: now)
+    }
+}
