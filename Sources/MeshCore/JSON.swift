@@ -19,6 +19,11 @@ public enum JSON: Sendable, Hashable {
         return .number(String(describing: value))
     }
 
+    /// A dollar amount, rounded to 1e-12 so that sums do not print as 9.699999999999999e-06.
+    public static func money(_ value: Double) -> JSON {
+        .double((value * 1e12).rounded() / 1e12)
+    }
+
     public subscript(key: String) -> JSON? {
         get {
             if case .object(let object) = self { return object[key] }

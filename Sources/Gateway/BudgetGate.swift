@@ -1,0 +1,154 @@
+import Logging
+import MeshCore
+import NodeConfig
+import Synchronization
+
+/// Calendar periods in UTC, computed without Foundation (civil-from-days, Howard Hinnant's algorithm).
+public enum BudgetPeriod {
+    public static func dayStart(millis: Int64) -> Int64 { millis - millis.modulo(86_400_000) }
+
+    public static func monthStart(millis: Int64) -> Int64 {
+        let days = (millis - millis.modulo(86_400_000)) / 86_400_000
+        let (year, month, _) = civil(fromDays: days)
+        return daysFromCivil(year: year, month: month, day: 1) * 86_400_000
+    }
+
+    /// "2026-11-23" for a day, "2026-11" for a month.
+    public static func dayKey(millis: Int64) -> String {
+        let (y, m, d) = civil(fromDays: dayStart(millis: millis) / 86_400_000)
+        return "\(y)-\(pad(m))-\(pad(d))"
+    }
+
+    public static func monthKey(millis: Int64) -> String {
+        let (y, m, _) = civil(fromDays: dayStart(millis: millis) / 86_400_000)
+        return "\(y)-\(pad(m))"
+    }
+
+    static func pad(_ value: Int64) -> String { value < 10 ? "0\(value)" : "\(value)" }
+
+    static func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
+        let z = z0 + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let y = yoe + era * 400
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        return (m <= 2 ? y + 1 : y, m, d)
+    }
+
+    static func daysFromCivil(year: Int64, month: Int64, day: Int64) -> Int64 {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146_097 + doe - 719_468
+    }
+}
+
+extension Int64 {
+    fileprivate func modulo(_ m: Int64) -> Int64 { ((self % m) + m) % m }
+}
+
+/// The node's spend against `budget.daily_limit` / `monthly_limit`, its alerts, and whether paid routes
+/// may run. Spend is kept in memory (seeded from the ledger at start) so no request reads the disk.
+public final class BudgetGate: Sendable {
+    struct State {
+        var dayStart: Int64 = 0
+        var monthStart: Int64 = 0
+        var daySpend: Double = 0
+        var monthSpend: Double = 0
+        /// Alert thresholds already announced this period.
+        var announced: Set<String> = []
+    }
+
+    public let settings: BudgetSection
+    private let state = Mutex(State())
+    private let logger: Logger
+
+    public init(settings: BudgetSection, logger: Logger, nowMillis: Int64, daySpend: Double = 0, monthSpend: Double = 0) {
+        self.settings = settings
+        self.logger = logger
+        state.withLock {
+            $0.dayStart = BudgetPeriod.dayStart(millis: nowMillis)
+            $0.monthStart = BudgetPeriod.monthStart(millis: nowMillis)
+            $0.daySpend = daySpend
+            $0.monthSpend = monthSpend
+        }
+    }
+
+    public struct Status: Sendable {
+        public var daySpend: Double
+        public var monthSpend: Double
+        /// Highest of day/month spend as a percentage of its limit (0 without limits).
+        public var percentUsed: Double
+        public var paidAllowed: Bool
+        public var reason: String?
+    }
+
+    private func roll(_ state: inout State, nowMillis: Int64) {
+        let day = BudgetPeriod.dayStart(millis: nowMillis)
+        if day != state.dayStart {
+            state.dayStart = day
+            state.daySpend = 0
+            state.announced = state.announced.filter { $0.hasPrefix("month") }
+        }
+        let month = BudgetPeriod.monthStart(millis: nowMillis)
+        if month != state.monthStart {
+            state.monthStart = month
+            state.monthSpend = 0
+            state.announced.removeAll()
+        }
+    }
+
+    public func status(nowMillis: Int64) -> Status {
+        state.withLock { state in
+            roll(&state, nowMillis: nowMillis)
+            return evaluate(state)
+        }
+    }
+
+    func evaluate(_ state: State) -> Status {
+        guard settings.enabled else { return Status(daySpend: state.daySpend, monthSpend: state.monthSpend, percentUsed: 0, paidAllowed: true) }
+        var percent = 0.0
+        if let limit = settings.dailyLimit, limit > 0 { percent = max(percent, state.daySpend / limit * 100) }
+        if let limit = settings.monthlyLimit, limit > 0 { percent = max(percent, state.monthSpend / limit * 100) }
+        if (settings.dailyLimit == 0) || (settings.monthlyLimit == 0) { percent = max(percent, 100) }
+        if percent >= 100 {
+            return Status(daySpend: state.daySpend, monthSpend: state.monthSpend, percentUsed: percent, paidAllowed: false,
+                          reason: "the node's budget is spent (\(Int(percent))% of its limit)")
+        }
+        for alert in settings.alerts where alert.action == .disablePaidProviders && percent >= alert.thresholdPercent {
+            return Status(daySpend: state.daySpend, monthSpend: state.monthSpend, percentUsed: percent, paidAllowed: false,
+                          reason: "budget alert at \(Int(alert.thresholdPercent))% disabled paid providers")
+        }
+        return Status(daySpend: state.daySpend, monthSpend: state.monthSpend, percentUsed: percent, paidAllowed: true)
+    }
+
+    /// Adds a settled cost and announces alerts crossed.
+    public func add(cost: Double, nowMillis: Int64) {
+        guard cost > 0 else { return }
+        let crossed: [(String, Double, Status)] = state.withLock { state in
+            roll(&state, nowMillis: nowMillis)
+            state.daySpend += cost
+            state.monthSpend += cost
+            let status = evaluate(state)
+            var crossed: [(String, Double, Status)] = []
+            for alert in settings.alerts where status.percentUsed >= alert.thresholdPercent {
+                let key = "period-\(alert.thresholdPercent)"
+                if state.announced.insert(key).inserted { crossed.append((alert.action.rawValue, alert.thresholdPercent, status)) }
+            }
+            if status.percentUsed >= 100, state.announced.insert("period-hard").inserted { crossed.append(("hard_stop", 100, status)) }
+            return crossed
+        }
+        for (action, threshold, status) in crossed {
+            logger.warning("budget threshold crossed", metadata: [
+                "budget.threshold_percent": "\(threshold)", "budget.action": "\(action)",
+                "budget.day_spend": "\(status.daySpend)", "budget.month_spend": "\(status.monthSpend)",
+            ])
+        }
+    }
+}

@@ -1,0 +1,408 @@
+import CurlHTTP
+import Hummingbird
+import Ledger
+import Logging
+import MeshCore
+import NIOCore
+import Providers
+import Routing
+
+/// Per-request choices from headers, the model suffix or the native request's `routing` object.
+struct RequestOptions: Sendable {
+    var strategy: RoutingStrategy
+    var maxCost: Double?
+    var pinned: String?
+    var localOnly = false
+    var metadata: String?
+    var timeout: Duration?
+    /// Nodes this request already passed (mesh forwarding fills it in).
+    var visited: [String] = []
+    var fromNode: String?
+}
+
+enum ChatOutcome: Sendable {
+    case complete(CompletedResponse)
+    case stream(any ChatStream, first: StreamItem)
+}
+
+extension Gateway {
+    // MARK: Options and planning
+
+    func options(from request: Request, model: inout String) throws(APIError) -> RequestOptions {
+        var options = RequestOptions(strategy: configuration.routing.loadBalancing.enabled ? (configuration.routing.loadBalancing.strategy ?? configuration.routing.strategy) : configuration.routing.strategy)
+        // OpenRouter-style suffixes: model:floor (cheapest), model:nitro (fastest).
+        if let colon = model.lastIndex(of: ":") {
+            let suffix = model[model.index(after: colon)...]
+            if suffix == "floor" || suffix == "nitro" {
+                options.strategy = suffix == "floor" ? .costOptimized : .latencyOptimized
+                model = String(model[..<colon])
+            }
+        }
+        if let value = request.headers[.aiproxyStrategy] {
+            guard let strategy = RoutingStrategy(spelling: value) else {
+                throw APIError.badRequest("x-aiproxy-strategy '\(value)' is not one of \(RoutingStrategy.allCases.map(\.rawValue).joined(separator: ", "))", param: "x-aiproxy-strategy")
+            }
+            options.strategy = strategy
+        }
+        if let value = request.headers[.aiproxyMaxCost] {
+            guard let cost = Double(value), cost >= 0, cost.isFinite else {
+                throw APIError.badRequest("x-aiproxy-max-cost must be a number of US dollars, found '\(value)'", param: "x-aiproxy-max-cost")
+            }
+            options.maxCost = cost
+        }
+        if let value = request.headers[.aiproxyPinnedProvider], !value.isEmpty { options.pinned = value }
+        if let value = request.headers[.aiproxyLocalOnly] {
+            options.localOnly = ["1", "true", "yes", "on"].contains(value.lowercased())
+        }
+        if let value = request.headers[.aiproxyTimeout] {
+            guard let duration = Units.parseDuration(value.allSatisfy(\.isNumber) ? "\(value)ms" : value), duration > .zero else {
+                throw APIError.badRequest("x-aiproxy-timeout must be milliseconds or a duration like 30s, found '\(value)'", param: "x-aiproxy-timeout")
+            }
+            options.timeout = duration
+        }
+        if let value = request.headers[.aiproxyMetadata] {
+            guard value.utf8.count <= 4096 else { throw APIError.badRequest("x-aiproxy-metadata is longer than 4096 bytes", param: "x-aiproxy-metadata") }
+            guard let json = try? JSONParser.parse(value, limits: .init(maxDepth: 4)), case .object = json else {
+                throw APIError.badRequest("x-aiproxy-metadata must be a JSON object", param: "x-aiproxy-metadata")
+            }
+            options.metadata = json.text
+        }
+        return options
+    }
+
+    /// Routes for the request, best first, or the error that explains why there are none.
+    func plan(model: String, options: RequestOptions, capabilities: [String], inputTokens: Int, maxOutputTokens: Int) throws(APIError) -> (RoutePlan, [ExecutableRoute]) {
+        let routes = routes(for: model, visited: options.visited)
+        guard !routes.isEmpty else {
+            let available = allModelNames()
+            let list = available.isEmpty ? "this node serves no models" : "available models: \(available.joined(separator: ", "))"
+            var error = APIError.notFound("the model '\(model)' does not exist on this mesh; \(list)")
+            error.details["available_models"] = .array(available.map(JSON.string))
+            throw error
+        }
+        if let pinned = options.pinned, !routes.contains(where: { $0.candidate.name == pinned || $0.candidate.id == pinned }) {
+            throw APIError.badRequest("no provider named '\(pinned)' serves '\(model)'; providers that do: \(routes.map(\.candidate.name).joined(separator: ", "))", param: "x-aiproxy-provider", code: "provider_not_found")
+        }
+        let budgetStatus = budget.status(nowMillis: wallClockMillis())
+        let request = PlanRequest(
+            model: model, strategy: options.strategy, maxCost: options.maxCost, pinnedRoute: options.pinned, localOnly: options.localOnly,
+            paidAllowed: budgetStatus.paidAllowed, requiredCapabilities: capabilities, estimatedInputTokens: inputTokens, maxOutputTokens: maxOutputTokens,
+            fallbackChain: configuration.routing.failover.fallbackChain, rotation: board.nextRotation(for: model),
+            unhealthyThreshold: configuration.routing.loadBalancing.healthAware ? configuration.routing.loadBalancing.unhealthyThreshold : nil)
+        var random = SystemRandomNumberGenerator()
+        let plan = RoutePlanner.plan(request, candidates: routes.map(\.candidate), using: &random)
+        guard !plan.routes.isEmpty else {
+            let reasons = plan.excluded.map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
+            if !budgetStatus.paidAllowed, plan.excluded.contains(where: { $0.reason.contains("budget") }) {
+                var error = APIError(status: 429, type: "insufficient_quota", code: "budget_exceeded",
+                                     message: "\(budgetStatus.reason ?? "the budget is spent") and '\(model)' has no free route (\(reasons))")
+                error.details["retry_after"] = .int(60)
+                throw error
+            }
+            throw APIError(status: 400, type: "invalid_request_error", code: "no_eligible_route", message: "no route for '\(model)' meets the request's constraints: \(reasons)")
+        }
+        var byID: [String: ExecutableRoute] = [:]
+        for route in routes { byID[route.candidate.id] = route }
+        let ordered = plan.routes.compactMap { candidate -> ExecutableRoute? in
+            guard var route = byID[candidate.id] else { return nil }
+            route.candidate = candidate
+            return route
+        }
+        return (plan, ordered)
+    }
+
+    func deadline(for options: RequestOptions, start: ContinuousClock.Instant) -> ContinuousClock.Instant {
+        start + min(options.timeout ?? configuration.server.requestTimeout, configuration.server.requestTimeout)
+    }
+
+    func readBody(_ request: Request) async throws(APIError) -> [UInt8] {
+        var request = request
+        let limit = configuration.server.maxRequestSize
+        if let length = request.headers[.contentLength].flatMap(Int.init), length > limit { throw APIError.tooLarge(limit: limit) }
+        do {
+            let buffer = try await request.collectBody(upTo: limit)
+            return Array(buffer.readableBytesView)
+        } catch {
+            throw APIError.tooLarge(limit: limit)
+        }
+    }
+
+    // MARK: Chat completions
+
+    func chatCompletions(_ request: Request, context: GatewayContext) async -> Response {
+        let start = ContinuousClock.now
+        let requestID = Gateway.makeRequestID()
+        do {
+            let bytes = try await readBody(request)
+            var chat = try ChatRequest(bytes: bytes)
+            var model = chat.model
+            let options = try self.options(from: request, model: &model)
+            if model != chat.model {
+                // Strip the routing suffix from the body too.
+                let edited = chat.topLevel.splicing(chat.raw, replacingValueOf: "model", with: .string(model)) ?? chat.raw
+                chat = try ChatRequest(bytes: edited)
+            }
+            return await serveChat(chat, model: model, options: options, requestID: requestID, apiKey: context.apiKeyName, start: start, endpoint: "chat")
+        } catch {
+            metrics.counter("aimesh_requests_total", [("endpoint", "chat"), ("route", "none"), ("status", String(error.status))]).increment()
+            return error.response(extraHeaders: [.aiproxyRequestID: requestID, .aiproxyNode: nodeName])
+        }
+    }
+
+    /// Plans, runs with failover, and answers a chat request (JSON or SSE).
+    func serveChat(_ chat: ChatRequest, model: String, options: RequestOptions, requestID: String, apiKey: String?, start: ContinuousClock.Instant, endpoint: String) async -> Response {
+        let baseHeaders: HTTPFields = [.aiproxyRequestID: requestID, .aiproxyNode: nodeName]
+        let routes: [ExecutableRoute]
+        let plan: RoutePlan
+        do {
+            (plan, routes) = try self.plan(model: model, options: options, capabilities: [], inputTokens: chat.estimatedPromptTokens,
+                                           maxOutputTokens: chat.maxTokens ?? 1024)
+        } catch {
+            recordFailure(requestID: requestID, model: model, apiKey: apiKey, error: error, attempts: [], options: options, stream: chat.stream, start: start, endpoint: endpoint)
+            return error.response(extraHeaders: baseHeaders)
+        }
+        let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start), operation: { route, timeouts in
+            let call = ChatCall(request: chat, upstreamModel: route.candidate.upstreamModel, requestID: requestID, timeouts: timeouts,
+                                extraHeaders: [], defaultMaxTokens: route.defaultMaxTokens)
+            switch try await route.adapter.chat(call) {
+            case .complete(let response):
+                return ChatOutcome.complete(response)
+            case .stream(let stream):
+                do {
+                    guard let first = try await stream.next() else {
+                        throw ProviderFailure(kind: .streamCut, message: "the upstream sent an empty stream")
+                    }
+                    return ChatOutcome.stream(stream, first: first)
+                } catch {
+                    stream.cancel()
+                    throw error
+                }
+            }
+        }, isStreamingValue: chat.stream)
+
+        switch outcome {
+        case .failure(let error, let attempts, _):
+            recordFailure(requestID: requestID, model: model, apiKey: apiKey, error: error, attempts: attempts, options: options, stream: chat.stream, start: start, endpoint: endpoint)
+            var headers = baseHeaders
+            headers[.aiproxyAttempts] = String(attempts.count)
+            return error.response(extraHeaders: headers)
+        case .success(.complete(let response), let route, let attempts, let upstreamTime):
+            let latency = ContinuousClock.now - start
+            let cost = route.candidate.price.cost(of: response.usage)
+            let path = self.path(for: route, downstream: response.headers)
+            let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
+            let body = response.adding("x_aiproxy", info)
+            var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
+            headers[.aiproxyCost] = JSON.money(cost).text
+            headers[.aiproxyLatency] = String(latency.millisecondsRounded)
+            record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
+                   upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
+            return JSONResponse.make(bytes: body, headers: headers)
+        case .success(.stream(let stream, let first), let route, let attempts, let upstreamTime):
+            let path = self.path(for: route, downstream: stream.headers)
+            var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
+            headers[.contentType] = "text/event-stream"
+            headers[.cacheControl] = "no-cache"
+            headers[.accelBuffering] = "no"
+            let firstByteOverhead = (ContinuousClock.now - start) - upstreamTime
+            metrics.timer("aimesh_gateway_overhead_seconds", [("endpoint", "\(endpoint)_stream")]).record(duration: max(firstByteOverhead, .zero))
+            let body = ResponseBody { [self] writer in
+                await self.pumpStream(stream, first: first, writer: &writer, route: route, path: path, attempts: attempts, plan: plan,
+                                      requestID: requestID, model: model, apiKey: apiKey, options: options, start: start, upstreamTime: upstreamTime, endpoint: endpoint)
+            }
+            return Response(status: .ok, headers: headers, body: body)
+        }
+    }
+
+    /// Writes a stream to the client. Upstream failure after the first byte ends the stream with an
+    /// explicit error event, never a silent, truncated success.
+    func pumpStream(_ stream: any ChatStream, first: StreamItem, writer: inout any ResponseBodyWriter, route: ExecutableRoute, path: [String],
+                    attempts: [AttemptRecord], plan: RoutePlan, requestID: String, model: String, apiKey: String?, options: RequestOptions,
+                    start: ContinuousClock.Instant, upstreamTime: Duration, endpoint: String) async {
+        var item: StreamItem? = first
+        var outcome = "ok"
+        var errorMessage: String?
+        var status = 200
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(1024)
+        defer { board.ended(route.candidate.id) }
+        while let current = item {
+            buffer.clear()
+            switch current {
+            case .chunk(let data):
+                buffer.writeSSEData(data)
+            case .final(let data):
+                let usage = stream.usage
+                let cost = route.candidate.price.cost(of: usage)
+                let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: usage,
+                                       cost: cost, latency: ContinuousClock.now - start)
+                let augmented = data.last == UInt8(ascii: "}") ? JSON.appendingMember(to: data, closingBrace: data.count - 1, isEmpty: data.count <= 2, key: "x_aiproxy", value: info) : data
+                buffer.writeSSEData(augmented)
+                buffer.writeSSEData(Array("[DONE]".utf8))
+            }
+            do {
+                try await writer.write(buffer)
+            } catch {
+                // The client went away.
+                stream.cancel()
+                outcome = "client_closed"
+                status = 499
+                errorMessage = "the client closed the connection mid-stream"
+                item = nil
+                break
+            }
+            if case .final = current { item = nil; break }
+            do {
+                item = try await stream.next()
+                if item == nil {
+                    buffer.clear()
+                    buffer.writeSSEData(Array("[DONE]".utf8))
+                    try? await writer.write(buffer)
+                }
+            } catch {
+                let failure = ProviderFailure.from(error)
+                board.failed(route.candidate.id, now: ContinuousClock.now)
+                outcome = "partial"
+                status = 502
+                errorMessage = failure.message
+                let event: JSON = ["error": ["message": .string("the upstream failed mid-stream: \(failure.message)"), "type": "upstream_error",
+                                             "code": "stream_interrupted", "param": nil, "request_id": .string(requestID)]]
+                buffer.clear()
+                buffer.writeSSEData(event.bytes)
+                try? await writer.write(buffer)
+                item = nil
+            }
+        }
+        try? await writer.finish(nil)
+        let usage = stream.usage
+        let cost = route.candidate.price.cost(of: usage)
+        record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: usage, cost: cost, latency: ContinuousClock.now - start,
+               upstreamTime: nil, status: status, outcome: outcome, attempts: attempts, options: options, stream: true, error: errorMessage, endpoint: endpoint)
+    }
+
+    // MARK: Embeddings
+
+    func embeddings(_ request: Request, context: GatewayContext) async -> Response {
+        let start = ContinuousClock.now
+        let requestID = Gateway.makeRequestID()
+        let baseHeaders: HTTPFields = [.aiproxyRequestID: requestID, .aiproxyNode: nodeName]
+        var modelName = ""
+        var options = RequestOptions(strategy: configuration.routing.strategy)
+        do {
+            let bytes = try await readBody(request)
+            let embeddingsRequest = try EmbeddingsRequest(bytes: bytes)
+            modelName = embeddingsRequest.model
+            options = try self.options(from: request, model: &modelName)
+            let (plan, routes) = try self.plan(model: modelName, options: options, capabilities: [Capability.embeddings],
+                                               inputTokens: embeddingsRequest.estimatedTokens, maxOutputTokens: 0)
+            let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start)) { route, timeouts in
+                try await route.adapter.embeddings(EmbeddingsCall(request: embeddingsRequest, upstreamModel: route.candidate.upstreamModel,
+                                                                  requestID: requestID, timeouts: timeouts))
+            }
+            switch outcome {
+            case .failure(let error, let attempts, _):
+                recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: attempts, options: options, stream: false, start: start, endpoint: "embeddings")
+                return error.response(extraHeaders: baseHeaders)
+            case .success(let response, let route, let attempts, let upstreamTime):
+                let latency = ContinuousClock.now - start
+                let cost = route.candidate.price.cost(of: response.usage)
+                let path = self.path(for: route, downstream: response.headers)
+                let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
+                var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
+                headers[.aiproxyCost] = JSON.money(cost).text
+                record(requestID: requestID, model: modelName, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
+                       upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "embeddings")
+                return JSONResponse.make(bytes: response.adding("x_aiproxy", info), headers: headers)
+            }
+        } catch {
+            recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: [], options: options, stream: false, start: start, endpoint: "embeddings")
+            return error.response(extraHeaders: baseHeaders)
+        }
+    }
+
+    // MARK: What every response says about how it was served
+
+    func path(for route: ExecutableRoute, downstream headers: [(name: String, value: String)]) -> [String] {
+        if let downstream = headers.first(where: { $0.name.lowercased() == "x-aiproxy-route" })?.value {
+            return [nodeName] + downstream.split(separator: ",").map { $0.trimmingWhitespace() }
+        }
+        return [nodeName] + route.pathSuffix
+    }
+
+    func aiproxyInfo(requestID: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy,
+                     usage: Usage, cost: Double, latency: Duration) -> JSON {
+        var info: JSONObject = [
+            "request_id": .string(requestID), "node": .string(nodeName), "provider": .string(path.last ?? route.candidate.name),
+            "upstream_model": .string(route.candidate.upstreamModel), "route": .array(path.map(JSON.string)), "strategy": .string(strategy.rawValue),
+            "attempts": .array(attempts.map(\.json)),
+        ]
+        info["tokens"] = ["prompt": .int(usage.promptTokens), "completion": .int(usage.completionTokens), "total": .int(usage.totalTokens), "estimated": .bool(usage.estimated)]
+        info["cost"] = .money(cost)
+        info["latency_ms"] = .double(latency.millisecondsRounded)
+        return .object(info)
+    }
+
+    func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy) -> HTTPFields {
+        var headers = base
+        headers[.aiproxyProvider] = path.last ?? route.candidate.name
+        headers[.aiproxyRoute] = path.joined(separator: ",")
+        headers[.aiproxyAttempts] = String(attempts.count)
+        headers[.aiproxyStrategy] = strategy.rawValue
+        return headers
+    }
+
+    // MARK: Ledger and metrics
+
+    func record(requestID: String, model: String, apiKey: String?, route: ExecutableRoute, path: [String], usage: Usage, cost: Double, latency: Duration,
+                upstreamTime: Duration?, status: Int, outcome: String, attempts: [AttemptRecord], options: RequestOptions, stream: Bool, error: String?, endpoint: String) {
+        let routeLabel = route.candidate.id
+        metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", routeLabel), ("status", String(status))]).increment()
+        for attempt in attempts {
+            metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()
+        }
+        metrics.timer("aimesh_request_duration_seconds", [("endpoint", endpoint)]).record(duration: latency)
+        if let upstreamTime {
+            metrics.timer("aimesh_gateway_overhead_seconds", [("endpoint", endpoint)]).record(duration: max(latency - upstreamTime, .zero))
+        }
+        metrics.counter("aimesh_tokens_total", [("route", routeLabel), ("direction", "prompt")]).increment(by: usage.promptTokens)
+        metrics.counter("aimesh_tokens_total", [("route", routeLabel), ("direction", "completion")]).increment(by: usage.completionTokens)
+        metrics.floatCounter("aimesh_cost_usd_total", [("route", routeLabel)]).increment(by: cost)
+        let now = wallClockMillis()
+        budget.add(cost: cost, nowMillis: now)
+        guard let ledger, configuration.budget.trackCosts else { return }
+        ledger.record(LedgerEntry(
+            requestID: requestID, timestampMillis: now, apiKey: apiKey, model: model, route: path, provider: path.last, node: nodeName,
+            fromNode: options.fromNode, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, tokensEstimated: usage.estimated,
+            cost: cost, latencyMillis: latency.millisecondsRounded, status: status, outcome: outcome, attempts: attempts.count,
+            attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error, metadata: options.metadata, endpoint: endpoint))
+    }
+
+    func recordFailure(requestID: String, model: String, apiKey: String?, error: APIError, attempts: [AttemptRecord], options: RequestOptions,
+                       stream: Bool, start: ContinuousClock.Instant, endpoint: String) {
+        metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", "none"), ("status", String(error.status))]).increment()
+        for attempt in attempts {
+            metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()
+        }
+        guard let ledger, configuration.budget.trackCosts, !model.isEmpty else { return }
+        ledger.record(LedgerEntry(
+            requestID: requestID, timestampMillis: wallClockMillis(), apiKey: apiKey, model: model, route: [nodeName], provider: nil, node: nodeName,
+            fromNode: options.fromNode, latencyMillis: (ContinuousClock.now - start).millisecondsRounded, status: error.status, outcome: "error",
+            attempts: attempts.count, attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error.message,
+            metadata: options.metadata, endpoint: endpoint))
+    }
+}
+
+extension ByteBuffer {
+    /// `data: …\n\n` (single-line JSON payloads need no splitting).
+    mutating func writeSSEData(_ data: [UInt8]) {
+        if data.contains(0x0A) {
+            var framed: [UInt8] = []
+            SSEEvent.encode(data: data, into: &framed)
+            writeBytes(framed)
+            return
+        }
+        writeStaticString("data: ")
+        writeBytes(data)
+        writeStaticString("\n\n")
+    }
+}

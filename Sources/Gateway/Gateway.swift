@@ -1,0 +1,179 @@
+import CurlHTTP
+import Hummingbird
+import Ledger
+import Logging
+import MeshCore
+import NodeConfig
+import Providers
+import Routing
+import Sodium
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Where routes beyond this node's own providers come from (the mesh plugs in here).
+public protocol RemoteRouteSource: Sendable {
+    /// Routes to peers that serve `model`, given the hops this request already took.
+    func routes(for model: String, visited: [String]) -> [ExecutableRoute]
+    /// Every model the peers offer, for `/v1/models`.
+    func remoteModels() -> [RemoteModel]
+}
+
+/// A model a peer offers, as `/v1/models` lists it.
+public struct RemoteModel: Sendable {
+    public var model: String
+    public var node: String
+    public var providerKind: String
+    public var price: Price
+    public var available: Bool
+    public var latency: Duration?
+    public init(model: String, node: String, providerKind: String, price: Price, available: Bool, latency: Duration?) {
+        self.model = model
+        self.node = node
+        self.providerKind = providerKind
+        self.price = price
+        self.available = available
+        self.latency = latency
+    }
+}
+
+/// Wall-clock milliseconds since 1970.
+public func wallClockMillis() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+}
+
+/// The OpenAI-compatible gateway of one node: everything a request touches between the HTTP server
+/// and the upstream, built once from the configuration.
+public final class Gateway: Sendable {
+    public let configuration: NodeConfiguration
+    public let nodeName: String
+    public let catalog: ModelCatalog
+    public let board: RouteBoard
+    public let ledger: Ledger?
+    public let metrics: NodeMetrics
+    public let budget: BudgetGate
+    public let client: CurlClient
+    let logger: Logger
+    let startedAt = ContinuousClock.now
+    let startedAtMillis = wallClockMillis()
+    let executor: RequestExecutor
+    let apiKeys: [(hash: [UInt8], name: String)]
+    public let remote: (any RemoteRouteSource)?
+    /// Optional: extra JSON for `/aiproxy/mesh/status` (the mesh fills in peers).
+    let meshStatus: (@Sendable () -> JSON)?
+
+    public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
+                remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+        self.configuration = configuration
+        self.nodeName = configuration.node.id
+        self.client = client
+        self.catalog = ModelCatalog(configuration: configuration, client: client)
+        let breaker = configuration.routing.circuitBreaker
+        self.board = RouteBoard(breakerSettings: CircuitBreaker.Settings(
+            consecutiveFailures: breaker.consecutiveFailures, failureRatio: breaker.failureRatio,
+            minimumRequests: breaker.minimumRequests, window: breaker.window, openDuration: breaker.openDuration))
+        self.ledger = ledger
+        self.metrics = metrics
+        self.logger = logger
+        self.budget = BudgetGate(settings: configuration.budget, logger: logger, nowMillis: wallClockMillis(), daySpend: initialSpend.day, monthSpend: initialSpend.month)
+        self.executor = RequestExecutor(board: board, failover: configuration.routing.failover)
+        self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
+        self.remote = remote
+        self.meshStatus = meshStatus
+    }
+
+    /// The Hummingbird router with every endpoint.
+    public func buildRouter() -> Router<GatewayContext> {
+        let router = Router(context: GatewayContext.self)
+        router.add(middleware: ErrorShapeMiddleware())
+        if configuration.security.corsEnabled {
+            router.add(middleware: CORSMiddleware(allowedOrigins: configuration.security.corsAllowedOrigins))
+        }
+        router.add(middleware: AuthMiddleware(gateway: self))
+        let disabled = configuration.server.disabledPaths
+        func enabled(_ path: String) -> Bool { !disabled.contains(path) }
+
+        if enabled("/v1/chat/completions") {
+            router.post("/v1/chat/completions") { request, context in await self.chatCompletions(request, context: context) }
+            router.post("/chat/completions") { request, context in await self.chatCompletions(request, context: context) }
+        }
+        if enabled("/v1/embeddings") {
+            router.post("/v1/embeddings") { request, context in await self.embeddings(request, context: context) }
+        }
+        if enabled("/v1/models") {
+            router.get("/v1/models") { _, _ in self.modelsResponse() }
+            router.get("/v1/models/{model}") { _, context in self.modelResponse(context.parameters.get("model") ?? "") }
+        }
+        if enabled("/aiproxy/predict") {
+            router.post("/aiproxy/predict") { request, context in await self.predict(request, context: context) }
+        }
+        router.get("/aiproxy/mesh/status") { _, _ in JSONResponse.make(self.meshStatusJSON()) }
+        router.get("/aiproxy/routes") { _, _ in JSONResponse.make(self.routesJSON()) }
+        router.get("/aiproxy/ledger/status") { _, _ in JSONResponse.make(self.ledgerStatusJSON()) }
+        router.get("/health") { _, _ in JSONResponse.make(self.healthJSON()) }
+        if configuration.observability.metricsEnabled {
+            router.get(RouterPath(configuration.observability.metricsPath)) { _, _ in self.metricsResponse() }
+        }
+        return router
+    }
+
+    // MARK: Shared helpers
+
+    static func makeRequestID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let a = generator.next() as UInt64
+        return "req_" + String(a, radix: 16)
+    }
+
+    /// Checks an API key; returns its name, or nil when unknown.
+    func authenticate(bearer: String) -> String? {
+        let hash = Sodium.sha256(Array(bearer.utf8))
+        for key in apiKeys where Sodium.constantTimeEqual(key.hash, hash) { return key.name }
+        return nil
+    }
+
+    /// Local routes plus peer routes for a model, with live observations.
+    func routes(for model: String, visited: [String]) -> [ExecutableRoute] {
+        var routes = catalog.routes(for: model)
+        if let remote { routes += remote.routes(for: model, visited: visited) }
+        let now = ContinuousClock.now
+        for index in routes.indices { routes[index].candidate = board.observe(routes[index].candidate, now: now) }
+        return routes
+    }
+
+    /// Every model name served here or by a peer.
+    func allModelNames() -> [String] {
+        var names = Set(catalog.modelNames)
+        if let remote { for model in remote.remoteModels() { names.insert(model.model) } }
+        return names.sorted()
+    }
+
+    func uptimeSeconds() -> Double { (ContinuousClock.now - startedAt).seconds }
+
+    func metricsResponse() -> Response {
+        metrics.gauge("aimesh_uptime_seconds").record(uptimeSeconds())
+        if let ledger {
+            metrics.gauge("aimesh_ledger_pending_rows").record(ledger.pendingCount)
+            metrics.gauge("aimesh_ledger_committed_sequence").record(Int(ledger.committedSequence))
+        }
+        let now = ContinuousClock.now
+        for snapshot in board.snapshot(now: now) {
+            let value: Int
+            switch snapshot.breaker {
+            case .closed: value = 0
+            case .halfOpen: value = 1
+            case .open: value = 2
+            }
+            metrics.gauge("aimesh_circuit_state", [("route", snapshot.id)]).record(value)
+            metrics.gauge("aimesh_route_in_flight", [("route", snapshot.id)]).record(snapshot.inFlight)
+        }
+        var buffer = ByteBuffer()
+        buffer.writeBytes(metrics.render())
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: ResponseBody(byteBuffer: buffer))
+    }
+}

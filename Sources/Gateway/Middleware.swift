@@ -1,0 +1,82 @@
+import Hummingbird
+import MeshCore
+
+/// Turns Hummingbird's own errors (unknown path, wrong method, body too large) into OpenAI's error JSON.
+struct ErrorShapeMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIErrorResponse {
+            return error.error.response()
+        } catch let error as HTTPError {
+            let status = Int(error.status.code)
+            switch status {
+            case 404:
+                return APIError(status: 404, type: "invalid_request_error", code: "unknown_url",
+                                message: "unknown path \(request.method.rawValue) \(request.uri.path)").response()
+            case 405:
+                return APIError(status: 405, type: "invalid_request_error", code: "method_not_allowed",
+                                message: "\(request.method.rawValue) is not allowed on \(request.uri.path)").response()
+            case 413:
+                return APIError.tooLarge(limit: context.maxUploadSize).response()
+            default:
+                return APIError(status: status, type: status >= 500 ? "server_error" : "invalid_request_error", message: error.body ?? "\(error.status.reasonPhrase)").response()
+            }
+        }
+    }
+}
+
+/// Checks `Authorization: Bearer KEY` against the configured keys when auth is on.
+struct AuthMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let gateway: Gateway
+
+    static let publicPaths: Set<String> = ["/health", "/metrics"]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard gateway.configuration.security.authEnabled, !AuthMiddleware.publicPaths.contains(request.uri.path) else {
+            return try await next(request, context)
+        }
+        guard let header = request.headers[.authorization] else {
+            throw APIErrorResponse(error: .unauthorized("missing API key: send Authorization: Bearer KEY"))
+        }
+        let token = header.hasPrefix("Bearer ") ? String(header.dropFirst(7)) : header
+        guard let name = gateway.authenticate(bearer: token) else {
+            throw APIErrorResponse(error: .unauthorized("invalid API key"))
+        }
+        var context = context
+        context.apiKeyName = name
+        return try await next(request, context)
+    }
+}
+
+/// CORS for browsers calling the API directly.
+struct CORSMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let allowedOrigins: [String]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let origin = request.headers[.origin]
+        let allowed: String? = origin.flatMap { origin in
+            allowedOrigins.contains("*") ? "*" : (allowedOrigins.contains(origin) ? origin : nil)
+        }
+        if request.method == .options {
+            var headers: HTTPFields = [:]
+            if let allowed {
+                headers[.accessControlAllowOrigin] = allowed
+                headers[.accessControlAllowMethods] = "GET, POST, OPTIONS"
+                headers[.accessControlAllowHeaders] = "Authorization, Content-Type, X-AIProxy-Strategy, X-AIProxy-Max-Cost, X-AIProxy-Provider, X-AIProxy-Local-Only, X-AIProxy-Metadata"
+                headers[.accessControlMaxAge] = "600"
+            }
+            return Response(status: .noContent, headers: headers)
+        }
+        var response = try await next(request, context)
+        if let allowed {
+            response.headers[.accessControlAllowOrigin] = allowed
+            response.headers[.accessControlExposeHeaders] = "X-AIProxy-Request-ID, X-AIProxy-Node, X-AIProxy-Provider, X-AIProxy-Route, X-AIProxy-Cost"
+        }
+        return response
+    }
+}

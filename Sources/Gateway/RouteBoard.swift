@@ -1,0 +1,124 @@
+import MeshCore
+import Providers
+import Routing
+import Synchronization
+
+/// A route the executor can try: the planner's view of it plus the adapter that speaks to it.
+public struct ExecutableRoute: Sendable {
+    public var candidate: RouteCandidate
+    public var adapter: any ProviderAdapter
+    public var connectTimeout: Duration
+    public var firstByteTimeout: Duration
+    public var idleTimeout: Duration
+    /// `max_tokens` default for APIs that need one.
+    public var defaultMaxTokens: Int
+    /// Names for `x_aiproxy.route` beyond this node (a peer's node name, then its provider).
+    public var pathSuffix: [String]
+
+    public init(candidate: RouteCandidate, adapter: any ProviderAdapter, connectTimeout: Duration = .seconds(5), firstByteTimeout: Duration = .seconds(60),
+                idleTimeout: Duration = .seconds(120), defaultMaxTokens: Int = 4096, pathSuffix: [String] = []) {
+        self.candidate = candidate
+        self.adapter = adapter
+        self.connectTimeout = connectTimeout
+        self.firstByteTimeout = firstByteTimeout
+        self.idleTimeout = idleTimeout
+        self.defaultMaxTokens = defaultMaxTokens
+        self.pathSuffix = pathSuffix
+    }
+}
+
+/// What this node has observed of every route: latency, errors, in-flight count, circuit breaker.
+/// One lock around a dictionary of pure `RouteStats` values.
+public final class RouteBoard: Sendable {
+    private let stats = Mutex<[String: RouteStats]>([:])
+    private let rotations = Mutex<[String: UInt64]>([:])
+    let breakerSettings: CircuitBreaker.Settings
+
+    public init(breakerSettings: CircuitBreaker.Settings) {
+        self.breakerSettings = breakerSettings
+    }
+
+    /// The candidate with this node's live observations filled in.
+    public func observe(_ candidate: RouteCandidate, now: ContinuousClock.Instant) -> RouteCandidate {
+        stats.withLock { all in
+            var candidate = candidate
+            guard let entry = all[candidate.id] else { return candidate }
+            candidate.expectedLatency = entry.latencyEWMA ?? candidate.expectedLatency
+            candidate.inFlight = entry.inFlight
+            candidate.errorRate = max(entry.errorEWMA, candidate.errorRate)
+            candidate.breaker = entry.breaker.peek(at: now)
+            return candidate
+        }
+    }
+
+    /// Admits a request on the route (false while its breaker is open or a half-open probe runs)
+    /// and counts it in flight.
+    public func begin(_ id: String, now: ContinuousClock.Instant) -> Bool {
+        stats.withLock { all in
+            var entry = all[id] ?? RouteStats(breaker: breakerSettings)
+            let admitted = entry.breaker.admit(at: now)
+            if admitted { entry.begin() }
+            all[id] = entry
+            return admitted
+        }
+    }
+
+    public func succeeded(_ id: String, latency: Duration, now: ContinuousClock.Instant) {
+        stats.withLock { all in
+            var entry = all[id] ?? RouteStats(breaker: breakerSettings)
+            entry.recordSuccess(latency: latency, at: now)
+            all[id] = entry
+        }
+    }
+
+    public func failed(_ id: String, now: ContinuousClock.Instant) {
+        stats.withLock { all in
+            var entry = all[id] ?? RouteStats(breaker: breakerSettings)
+            entry.recordFailure(at: now)
+            all[id] = entry
+        }
+    }
+
+    public func ended(_ id: String) {
+        stats.withLock { all in
+            all[id]?.end()
+        }
+    }
+
+    /// The next round-robin position for a model.
+    public func nextRotation(for model: String) -> UInt64 {
+        rotations.withLock { all in
+            let value = all[model, default: 0]
+            all[model] = value &+ 1
+            return value
+        }
+    }
+
+    public struct Snapshot: Sendable {
+        public var id: String
+        public var latency: Duration?
+        public var errorRate: Double
+        public var inFlight: Int
+        public var successes: Int
+        public var failures: Int
+        public var breaker: CircuitBreaker.State
+    }
+
+    public func snapshot(now: ContinuousClock.Instant) -> [Snapshot] {
+        stats.withLock { all in
+            all.map { id, entry in
+                Snapshot(id: id, latency: entry.latencyEWMA, errorRate: entry.errorEWMA, inFlight: entry.inFlight,
+                         successes: entry.successes, failures: entry.failures, breaker: entry.breaker.peek(at: now))
+            }.sorted { $0.id < $1.id }
+        }
+    }
+
+    public func snapshot(of id: String, now: ContinuousClock.Instant) -> Snapshot? {
+        stats.withLock { all in
+            all[id].map { entry in
+                Snapshot(id: id, latency: entry.latencyEWMA, errorRate: entry.errorEWMA, inFlight: entry.inFlight,
+                         successes: entry.successes, failures: entry.failures, breaker: entry.breaker.peek(at: now))
+            }
+        }
+    }
+}

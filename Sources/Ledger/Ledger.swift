@@ -1,0 +1,331 @@
+import Logging
+import MeshCore
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One request as the ledger keeps it.
+public struct LedgerEntry: Sendable, Equatable {
+    public var requestID: String
+    /// Milliseconds since 1970.
+    public var timestampMillis: Int64
+    /// The client key's name (never the key), or nil.
+    public var apiKey: String?
+    public var model: String
+    /// The path the request took, e.g. ["node-a", "node-c", "openai"].
+    public var route: [String]
+    public var provider: String?
+    /// The node that served it.
+    public var node: String
+    /// The node that forwarded it here (nil when a client called this node directly).
+    public var fromNode: String?
+    public var promptTokens: Int
+    public var completionTokens: Int
+    public var tokensEstimated: Bool
+    public var cost: Double
+    public var latencyMillis: Double
+    public var status: Int
+    /// ok, error, partial (stream cut after first byte), cache_hit.
+    public var outcome: String
+    public var attempts: Int
+    /// Every try: [{route, outcome, latency_ms}] as JSON.
+    public var attemptsJSON: String
+    public var stream: Bool
+    public var error: String?
+    /// The client's `x-aiproxy-metadata`, as JSON text.
+    public var metadata: String?
+    public var endpoint: String
+
+    public init(requestID: String, timestampMillis: Int64, apiKey: String? = nil, model: String, route: [String] = [], provider: String? = nil,
+                node: String, fromNode: String? = nil, promptTokens: Int = 0, completionTokens: Int = 0, tokensEstimated: Bool = false,
+                cost: Double = 0, latencyMillis: Double = 0, status: Int = 200, outcome: String = "ok", attempts: Int = 1,
+                attemptsJSON: String = "[]", stream: Bool = false, error: String? = nil, metadata: String? = nil, endpoint: String = "chat") {
+        self.requestID = requestID
+        self.timestampMillis = timestampMillis
+        self.apiKey = apiKey
+        self.model = model
+        self.route = route
+        self.provider = provider
+        self.node = node
+        self.fromNode = fromNode
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.tokensEstimated = tokensEstimated
+        self.cost = cost
+        self.latencyMillis = latencyMillis
+        self.status = status
+        self.outcome = outcome
+        self.attempts = attempts
+        self.attemptsJSON = attemptsJSON
+        self.stream = stream
+        self.error = error
+        self.metadata = metadata
+        self.endpoint = endpoint
+    }
+}
+
+/// The SQLite ledger (WAL): one row per request. `record` only enqueues; a writer thread commits
+/// batches, so no request waits on the disk. A row counts as recorded once `committedSequence`
+/// has passed its sequence number; committed rows survive `kill -9` (WAL, synchronous=NORMAL).
+public final class Ledger: Sendable {
+    public let path: String
+    private let state: Mutex<WriterState>
+    private let condition = ConditionBox()
+    private let logger: Logger
+    private let thread: Mutex<pthread_t?> = Mutex(nil)
+    /// Longest time an entry waits before its batch commits.
+    public let flushInterval: Duration
+    public let maxBatch: Int
+
+    struct WriterState {
+        var pending: [(sequence: UInt64, entry: LedgerEntry)] = []
+        var nextSequence: UInt64 = 1
+        var committed: UInt64 = 0
+        var stopping = false
+        var stopped = false
+        var failures = 0
+        var waiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
+    }
+
+    public static let schemaVersion = 1
+
+    public init(path: String, logger: Logger = Logger(label: "aimesh.ledger"), flushInterval: Duration = .milliseconds(20), maxBatch: Int = 512) throws(SQLiteError) {
+        self.path = path
+        self.logger = logger
+        self.flushInterval = flushInterval
+        self.maxBatch = maxBatch
+        let database = try SQLiteDatabase(path: path)
+        try Ledger.migrate(database)
+        let maxSequence = try database.query("SELECT COALESCE(MAX(seq), 0) FROM requests").first?.first?.int ?? 0
+        var initial = WriterState()
+        initial.nextSequence = UInt64(maxSequence) + 1
+        initial.committed = UInt64(maxSequence)
+        self.state = Mutex(initial)
+        startWriter(database)
+    }
+
+    static func migrate(_ database: SQLiteDatabase) throws(SQLiteError) {
+        try database.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        let version = try database.query("PRAGMA user_version").first?.first?.int ?? 0
+        if version < 1 {
+            try database.execute("""
+                CREATE TABLE IF NOT EXISTS requests (
+                    seq INTEGER PRIMARY KEY,
+                    request_id TEXT NOT NULL,
+                    ts_ms INTEGER NOT NULL,
+                    api_key TEXT,
+                    model TEXT NOT NULL,
+                    route TEXT NOT NULL,
+                    provider TEXT,
+                    node TEXT NOT NULL,
+                    from_node TEXT,
+                    prompt_tokens INTEGER NOT NULL,
+                    completion_tokens INTEGER NOT NULL,
+                    tokens_estimated INTEGER NOT NULL,
+                    cost REAL NOT NULL,
+                    latency_ms REAL NOT NULL,
+                    status INTEGER NOT NULL,
+                    outcome TEXT NOT NULL,
+                    attempts INTEGER NOT NULL,
+                    attempts_json TEXT NOT NULL,
+                    stream INTEGER NOT NULL,
+                    error TEXT,
+                    metadata TEXT,
+                    endpoint TEXT NOT NULL
+                );
+                CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts_ms);
+                CREATE INDEX IF NOT EXISTS requests_key_ts ON requests(api_key, ts_ms);
+                CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id);
+                PRAGMA user_version = 1;
+                """)
+        }
+    }
+
+    /// Queues an entry and returns its sequence number at once.
+    @discardableResult
+    public func record(_ entry: LedgerEntry) -> UInt64 {
+        let (sequence, wake) = state.withLock { state -> (UInt64, Bool) in
+            let sequence = state.nextSequence
+            state.nextSequence += 1
+            state.pending.append((sequence, entry))
+            return (sequence, state.pending.count >= maxBatch)
+        }
+        if wake { condition.signal() }
+        return sequence
+    }
+
+    /// The highest sequence number known to be committed to disk.
+    public var committedSequence: UInt64 { state.withLock { $0.committed } }
+
+    /// Entries waiting to be written.
+    public var pendingCount: Int { state.withLock { $0.pending.count } }
+
+    /// Waits until everything recorded so far is committed.
+    public func flush() async {
+        let target = state.withLock { $0.nextSequence - 1 }
+        await waitUntilCommitted(target)
+    }
+
+    public func waitUntilCommitted(_ sequence: UInt64) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state -> Bool in
+                if state.committed >= sequence || state.stopped { return true }
+                state.waiters.append((sequence, continuation))
+                return false
+            }
+            if ready { continuation.resume() } else { condition.signal() }
+        }
+    }
+
+    /// Commits what is pending and stops the writer.
+    public func close() {
+        state.withLock { $0.stopping = true }
+        condition.signal()
+        let handle = thread.withLock { value -> pthread_t? in
+            defer { value = nil }
+            return value
+        }
+        if let handle { pthread_join(handle, nil) }
+    }
+
+    // MARK: Writer thread
+
+    private func startWriter(_ database: SQLiteDatabase) {
+        final class Box {
+            let ledger: Ledger
+            let database: SQLiteDatabase
+            init(_ l: Ledger, _ d: SQLiteDatabase) { ledger = l; database = d }
+        }
+        let box = Unmanaged.passRetained(Box(self, database)).toOpaque()
+        var handle = pthread_t()
+        pthread_create(&handle, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.ledger.writerLoop(box.database)
+            return nil
+        }, box)
+        thread.withLock { $0 = handle }
+    }
+
+    private func writerLoop(_ database: SQLiteDatabase) {
+        let insert: SQLiteDatabase.Statement
+        do {
+            insert = try database.prepare("""
+                INSERT INTO requests (seq, request_id, ts_ms, api_key, model, route, provider, node, from_node, prompt_tokens,
+                completion_tokens, tokens_estimated, cost, latency_ms, status, outcome, attempts, attempts_json, stream, error, metadata, endpoint)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+        } catch {
+            logger.critical("ledger cannot prepare its insert", metadata: ["error": "\(error)"])
+            return
+        }
+        let intervalMicros = max(1000, Int(flushInterval.components.seconds * 1_000_000 + flushInterval.components.attoseconds / 1_000_000_000_000))
+        while true {
+            let stopping = state.withLock { $0.stopping }
+            let hasWaiters = state.withLock { !$0.waiters.isEmpty }
+            if !stopping && !hasWaiters { condition.wait(microseconds: intervalMicros) }
+            let batch = state.withLock { state -> [(sequence: UInt64, entry: LedgerEntry)] in
+                let batch = state.pending
+                state.pending.removeAll(keepingCapacity: true)
+                return batch
+            }
+            if !batch.isEmpty { write(batch, with: insert, database: database) }
+            let (done, ready) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
+                let committed = state.committed
+                var ready: [CheckedContinuation<Void, Never>] = []
+                state.waiters.removeAll { sequence, continuation in
+                    if sequence <= committed || (state.stopping && state.pending.isEmpty) {
+                        ready.append(continuation)
+                        return true
+                    }
+                    return false
+                }
+                let done = state.stopping && state.pending.isEmpty
+                if done { state.stopped = true }
+                return (done, ready)
+            }
+            for continuation in ready { continuation.resume() }
+            if done { break }
+        }
+        database.close()
+    }
+
+    private func write(_ batch: [(sequence: UInt64, entry: LedgerEntry)], with insert: SQLiteDatabase.Statement, database: SQLiteDatabase) {
+        do {
+            try database.execute("BEGIN IMMEDIATE")
+            for (sequence, entry) in batch {
+                try insert.run(Ledger.values(sequence: sequence, entry: entry))
+            }
+            try database.execute("COMMIT")
+            let last = batch.last!.sequence
+            state.withLock { $0.committed = max($0.committed, last) }
+        } catch {
+            try? database.execute("ROLLBACK")
+            let failures = state.withLock { state -> Int in
+                state.failures += 1
+                // Keep the rows for the next try (bounded: drop the oldest beyond 100k).
+                state.pending.insert(contentsOf: batch, at: 0)
+                if state.pending.count > 100_000 { state.pending.removeFirst(state.pending.count - 100_000) }
+                return state.failures
+            }
+            if failures == 1 || failures % 100 == 0 {
+                logger.error("ledger write failed; will retry", metadata: ["error": "\(error)", "ledger.failures": "\(failures)"])
+            }
+            usleep(100_000)
+        }
+    }
+
+    static func values(sequence: UInt64, entry: LedgerEntry) -> [SQLiteValue] {
+        let route = JSON.array(entry.route.map(JSON.string)).text
+        return [
+            .integer(Int64(sequence)), .text(entry.requestID), .integer(entry.timestampMillis), entry.apiKey.map(SQLiteValue.text) ?? .null,
+            .text(entry.model), .text(route), entry.provider.map(SQLiteValue.text) ?? .null, .text(entry.node),
+            entry.fromNode.map(SQLiteValue.text) ?? .null, .integer(Int64(entry.promptTokens)), .integer(Int64(entry.completionTokens)),
+            .integer(entry.tokensEstimated ? 1 : 0), .real(entry.cost), .real(entry.latencyMillis), .integer(Int64(entry.status)),
+            .text(entry.outcome), .integer(Int64(entry.attempts)), .text(entry.attemptsJSON), .integer(entry.stream ? 1 : 0),
+            entry.error.map(SQLiteValue.text) ?? .null, entry.metadata.map(SQLiteValue.text) ?? .null, .text(entry.endpoint),
+        ]
+    }
+}
+
+/// A pthread condition variable with a timed wait.
+final class ConditionBox: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var condition = pthread_cond_t()
+    private var signalled = false
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(&condition)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    func signal() {
+        pthread_mutex_lock(&mutex)
+        signalled = true
+        pthread_cond_signal(&condition)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func wait(microseconds: Int) {
+        pthread_mutex_lock(&mutex)
+        if !signalled {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            var deadline = timespec()
+            let nanos = Int(now.tv_nsec) + (microseconds % 1_000_000) * 1000
+            deadline.tv_sec = now.tv_sec + microseconds / 1_000_000 + nanos / 1_000_000_000
+            deadline.tv_nsec = nanos % 1_000_000_000
+            pthread_cond_timedwait(&condition, &mutex, &deadline)
+        }
+        signalled = false
+        pthread_mutex_unlock(&mutex)
+    }
+}

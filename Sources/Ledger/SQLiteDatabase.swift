@@ -1,0 +1,173 @@
+import CSQLite
+
+/// A failed SQLite call, with SQLite's own message.
+public struct SQLiteError: Error, Sendable, CustomStringConvertible {
+    public var code: Int32
+    public var message: String
+    public var description: String { "SQLite error \(code): \(message)" }
+}
+
+/// A value to bind or read.
+public enum SQLiteValue: Sendable, Equatable {
+    case null
+    case integer(Int64)
+    case real(Double)
+    case text(String)
+    case blob([UInt8])
+
+    public var int: Int64? {
+        switch self {
+        case .integer(let value): value
+        case .real(let value): Int64(value)
+        default: nil
+        }
+    }
+
+    public var double: Double? {
+        switch self {
+        case .integer(let value): Double(value)
+        case .real(let value): value
+        default: nil
+        }
+    }
+
+    public var string: String? {
+        if case .text(let value) = self { return value }
+        return nil
+    }
+}
+
+/// One SQLite connection. Not thread-safe: each owner (the ledger's writer thread, a reader) has its own.
+public final class SQLiteDatabase: @unchecked Sendable {
+    private var handle: OpaquePointer?
+    public let path: String
+
+    public init(path: String, readOnly: Bool = false) throws(SQLiteError) {
+        self.path = path
+        let flags = readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)
+        let status = sqlite3_open_v2(path, &handle, flags | SQLITE_OPEN_NOMUTEX, nil)
+        guard status == SQLITE_OK else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            sqlite3_close(handle)
+            handle = nil
+            throw SQLiteError(code: status, message: "\(message) (\(path))")
+        }
+        sqlite3_busy_timeout(handle, 5000)
+    }
+
+    deinit {
+        close()
+    }
+
+    public func close() {
+        if let handle {
+            sqlite3_close_v2(handle)
+            self.handle = nil
+        }
+    }
+
+    private func error(_ code: Int32) -> SQLiteError {
+        SQLiteError(code: code, message: handle.map { String(cString: sqlite3_errmsg($0)) } ?? "closed")
+    }
+
+    /// Runs one or more statements without results.
+    public func execute(_ sql: String) throws(SQLiteError) {
+        var message: UnsafeMutablePointer<CChar>?
+        let status = sqlite3_exec(handle, sql, nil, nil, &message)
+        if status != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? "error"
+            sqlite3_free(message)
+            throw SQLiteError(code: status, message: text)
+        }
+    }
+
+    public func prepare(_ sql: String) throws(SQLiteError) -> Statement {
+        var statement: OpaquePointer?
+        let status = sqlite3_prepare_v2(handle, sql, -1, &statement, nil)
+        guard status == SQLITE_OK, let statement else { throw error(status) }
+        return Statement(statement: statement, database: self)
+    }
+
+    /// Rows of a query, each as an array of values.
+    public func query(_ sql: String, _ parameters: [SQLiteValue] = []) throws(SQLiteError) -> [[SQLiteValue]] {
+        let statement = try prepare(sql)
+        try statement.bind(parameters)
+        var rows: [[SQLiteValue]] = []
+        while try statement.step() { rows.append(statement.row()) }
+        return rows
+    }
+
+    public var changes: Int { Int(sqlite3_changes(handle)) }
+
+    public final class Statement {
+        let statement: OpaquePointer
+        unowned let database: SQLiteDatabase
+
+        init(statement: OpaquePointer, database: SQLiteDatabase) {
+            self.statement = statement
+            self.database = database
+        }
+
+        deinit { sqlite3_finalize(statement) }
+
+        public func bind(_ values: [SQLiteValue]) throws(SQLiteError) {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+            for (offset, value) in values.enumerated() {
+                let index = Int32(offset + 1)
+                let status: Int32
+                switch value {
+                case .null: status = sqlite3_bind_null(statement, index)
+                case .integer(let int): status = sqlite3_bind_int64(statement, index, int)
+                case .real(let double): status = sqlite3_bind_double(statement, index, double)
+                case .text(let text):
+                    status = text.withCString { aimesh_sqlite3_bind_text_transient(statement, index, $0, Int32(strlen($0))) }
+                case .blob(let bytes):
+                    status = bytes.withUnsafeBytes { aimesh_sqlite3_bind_blob_transient(statement, index, $0.baseAddress, Int32(bytes.count)) }
+                }
+                guard status == SQLITE_OK else { throw database.error(status) }
+            }
+        }
+
+        /// Advances; true when a row is available.
+        public func step() throws(SQLiteError) -> Bool {
+            let status = sqlite3_step(statement)
+            switch status {
+            case SQLITE_ROW: return true
+            case SQLITE_DONE: return false
+            default: throw database.error(status)
+            }
+        }
+
+        /// Binds, runs to completion, resets.
+        public func run(_ values: [SQLiteValue]) throws(SQLiteError) {
+            try bind(values)
+            while try step() {}
+            sqlite3_reset(statement)
+        }
+
+        public func row() -> [SQLiteValue] {
+            let count = sqlite3_column_count(statement)
+            return (0..<count).map { column(Int32($0)) }
+        }
+
+        func column(_ index: Int32) -> SQLiteValue {
+            switch sqlite3_column_type(statement, index) {
+            case SQLITE_INTEGER: return .integer(sqlite3_column_int64(statement, index))
+            case SQLITE_FLOAT: return .real(sqlite3_column_double(statement, index))
+            case SQLITE_TEXT: return .text(String(cString: sqlite3_column_text(statement, index)))
+            case SQLITE_BLOB:
+                let count = Int(sqlite3_column_bytes(statement, index))
+                guard count > 0, let pointer = sqlite3_column_blob(statement, index) else { return .blob([]) }
+                return .blob([UInt8](UnsafeRawBufferPointer(start: pointer, count: count)))
+            default: return .null
+            }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

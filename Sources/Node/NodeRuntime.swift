@@ -1,0 +1,185 @@
+import CurlHTTP
+import Gateway
+import Hummingbird
+import Ledger
+import Logging
+import MeshCore
+import NIOCore
+import NodeConfig
+import ServiceLifecycle
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Command-line values that override the configuration file.
+public struct NodeOverrides: Sendable {
+    public var apiListen: HostPort?
+    public var dataDir: String?
+    public var nodeID: String?
+    public var gossipListen: HostPort?
+    public var peers: [String]?
+    public init(apiListen: HostPort? = nil, dataDir: String? = nil, nodeID: String? = nil, gossipListen: HostPort? = nil, peers: [String]? = nil) {
+        self.apiListen = apiListen
+        self.dataDir = dataDir
+        self.nodeID = nodeID
+        self.gossipListen = gossipListen
+        self.peers = peers
+    }
+
+    public func apply(to configuration: inout NodeConfiguration) {
+        if let apiListen { configuration.server.listenAddr = apiListen }
+        if let dataDir { configuration.node.dataDir = dataDir }
+        if let nodeID { configuration.node.id = nodeID }
+        if let gossipListen {
+            configuration.node.mesh.listenAddr = gossipListen
+            configuration.node.mesh.enabled = true
+        }
+        if let peers {
+            configuration.node.mesh.peers = peers.map { PeerAddress(address: $0) }
+            configuration.node.mesh.enabled = true
+        }
+    }
+}
+
+public struct NodeStartupError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The composition root: configuration → ledger, HTTP client, gateway, HTTP server → one ServiceGroup.
+public final class NodeRuntime: Sendable {
+    public let configuration: NodeConfiguration
+    public let gateway: Gateway
+    public let ledger: Ledger?
+    public let client: CurlClient
+    let logger: Logger
+    private let state = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, any Error>], group: ServiceGroup?, failed: (any Error)?)>((nil, [], nil, nil))
+
+    public init(configuration: NodeConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let dataDir = configuration.node.resolvedDataDir
+        try NodeRuntime.makeDirectory(dataDir)
+        let client = CurlClient()
+        self.client = client
+        var ledger: Ledger?
+        var spend: (day: Double, month: Double) = (0, 0)
+        if configuration.budget.trackCosts {
+            let path = configuration.budget.costDBPath ?? "\(dataDir)/ledger.sqlite"
+            do {
+                let opened = try Ledger(path: path, logger: logger)
+                ledger = opened
+                let reader = try LedgerReader(path: path)
+                let now = wallClockMillis()
+                spend = (try reader.spend(sinceMillis: BudgetPeriod.dayStart(millis: now)), try reader.spend(sinceMillis: BudgetPeriod.monthStart(millis: now)))
+            } catch {
+                throw NodeStartupError("cannot open the ledger at \(path): \(error)")
+            }
+        }
+        self.ledger = ledger
+        self.gateway = Gateway(configuration: configuration, client: client, ledger: ledger, logger: logger, initialSpend: spend)
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/\(component)"
+            if mkdir(current, 0o700) != 0 && errno != EEXIST {
+                throw NodeStartupError("cannot create the data directory \(path): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// The HTTP port once listening (useful with port 0).
+    public var port: Int? { state.withLock { $0.port } }
+
+    /// Waits until the API listens, and returns its port.
+    public func waitUntilListening() async throws -> Int {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready: Result<Int, any Error>? = state.withLock { state in
+                if let port = state.port { return .success(port) }
+                if let failed = state.failed { return .failure(failed) }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    /// Runs until SIGTERM/SIGINT (when `handleSignals`) or `shutdown()`.
+    public func run(handleSignals: Bool = true) async throws {
+        let listen = configuration.server.listenAddr
+        let router = gateway.buildRouter()
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "aimesh", backlog: 1024),
+            onServerRunning: { [self] channel in
+                let port = channel.localAddress?.port ?? listen.port
+                let waiters = self.state.withLock { state -> [CheckedContinuation<Int, any Error>] in
+                    state.port = port
+                    defer { state.waiters = [] }
+                    return state.waiters
+                }
+                for waiter in waiters { waiter.resume(returning: port) }
+                self.logger.notice("aimesh node listening", metadata: ["node.id": "\(self.configuration.node.id)", "api": "\(HostPort(host: listen.host, port: port))"])
+            },
+            logger: logger
+        )
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let ledger { services.append(.init(service: LedgerService(ledger: ledger))) }
+        services.append(.init(service: ClientService(client: client)))
+        if let metricsPort = configuration.observability.prometheusPort {
+            let metricsRouter = Router()
+            let gateway = self.gateway
+            metricsRouter.get(RouterPath(configuration.observability.metricsPath)) { _, _ in
+                var buffer = ByteBuffer()
+                buffer.writeBytes(gateway.metrics.render())
+                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: ResponseBody(byteBuffer: buffer))
+            }
+            services.append(.init(service: Application(router: metricsRouter, configuration: .init(address: .hostname(listen.host, port: metricsPort)), logger: logger)))
+        }
+        services.append(.init(service: app))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger))
+        state.withLock { $0.group = group }
+        do {
+            try await group.run()
+        } catch {
+            let waiters = state.withLock { state -> [CheckedContinuation<Int, any Error>] in
+                state.failed = error
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            for waiter in waiters { waiter.resume(throwing: error) }
+            throw error
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, finish requests, flush the ledger.
+    public func shutdown() async {
+        let group = state.withLock { $0.group }
+        await group?.triggerGracefulShutdown()
+    }
+}
+
+/// Flushes and closes the ledger when the node stops.
+struct LedgerService: Service {
+    let ledger: Ledger
+    func run() async throws {
+        try? await gracefulShutdown()
+        await ledger.flush()
+        ledger.close()
+    }
+}
+
+/// Stops the libcurl thread when the node stops.
+struct ClientService: Service {
+    let client: CurlClient
+    func run() async throws {
+        try? await gracefulShutdown()
+        client.shutdown()
+    }
+}

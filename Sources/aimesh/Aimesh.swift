@@ -1,0 +1,21 @@
+import ArgumentParser
+
+@main
+struct Aimesh: AsyncParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "aimesh",
+        abstract: "A federated mesh of OpenAI-compatible AI gateways: one node per machine, routing each request to the best local or cloud model.",
+        version: version,
+        subcommands: [
+            NodeCommand.self, ChatCommand.self, ModelsCommand.self, ConfigCommand.self, DemoCommand.self,
+            MockUpstreamCommand.self, VersionCommand.self,
+        ]
+    )
+}
+
+struct VersionCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "version", abstract: "Print the version.")
+    func run() { print("aimesh \(Aimesh.version)") }
+}
