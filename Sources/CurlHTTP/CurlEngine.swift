@@ -343,7 +343,7 @@ private func curlHeaderCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size:
         let parts = line.split(separator: " ", maxSplits: 2)
         transfer.status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
         transfer.headers.removeAll()
-    } else if line == "\r\n" || line == "\n" {
+    } else if line.allSatisfy(\.isNewline) {
         if transfer.status >= 200 && !transfer.headSeen {
             transfer.headSeen = true
             transfer.deliverHead()
@@ -352,7 +352,7 @@ private func curlHeaderCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size:
         let name = String(line[..<colon])
         var value = line[line.index(after: colon)...]
         while let first = value.first, first == " " || first == "\t" { value = value.dropFirst() }
-        while let last = value.last, last == "\r" || last == "\n" || last == " " { value = value.dropLast() }
+        while let last = value.last, last.isNewline || last == " " || last == "\t" { value = value.dropLast() }
         transfer.headers.append((name, String(value)))
     }
     return length

@@ -59,6 +59,7 @@ public final class MockUpstream: Sendable {
         var sticky: Fault?
         var recorded: [Recorded] = []
         var count = 0
+        var connections = 0
         var keepRecords = 1000
     }
 
@@ -81,7 +82,8 @@ public final class MockUpstream: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                holder.mock.withLock { $0 }?.state.withLock { $0.connections += 1 }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(MockHTTPHandler(holder: holder, responder: responder, configuration: configuration))
                 }
@@ -110,6 +112,8 @@ public final class MockUpstream: Sendable {
     }
 
     public var requestCount: Int { state.withLock { $0.count } }
+    /// TCP connections accepted so far.
+    public var connectionCount: Int { state.withLock { $0.connections } }
     public var requests: [Recorded] { state.withLock { $0.recorded } }
     public var lastRequest: Recorded? { state.withLock { $0.recorded.last } }
 

@@ -354,7 +354,7 @@ struct SectionParser {
         if entry.wireFormat == .cloudflare && provider.credentials.accountID == nil && provider.enabled && !provider.baseURL.contains("/accounts/") && !provider.baseURL.contains("gateway.ai.cloudflare.com") {
             reader.error(field, "cloudflare provider '\(name)' needs credentials.account_id")
         }
-        if entry.needsKey && provider.credentials.bearer == nil && provider.enabled {
+        if (entry.needsKey || unsetKeyVariable != nil) && provider.credentials.bearer == nil && provider.enabled {
             provider.enabled = false
             if let variable = unsetKeyVariable {
                 provider.disabledReason = "environment variable \(variable) is not set"

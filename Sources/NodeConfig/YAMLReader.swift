@@ -5,8 +5,10 @@ import Yams
 struct Field {
     let node: Node
     let path: String
+    /// The line of the key that names this value (mappings and lists start below their key).
+    var keyLine: Int? = nil
 
-    var line: Int { node.mark?.line ?? 0 }
+    var line: Int { keyLine ?? node.mark?.line ?? 0 }
 
     func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 }
@@ -56,7 +58,7 @@ final class YAMLReader {
                 continue
             }
             let key = scalar.string
-            let child = Field(node: valueNode, path: field.child(key))
+            let child = Field(node: valueNode, path: field.child(key), keyLine: keyNode.mark?.line)
             if !seen.insert(key).inserted {
                 error(Field(node: keyNode, path: child.path), "duplicate key '\(key)'")
                 continue

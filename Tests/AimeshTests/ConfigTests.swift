@@ -1,0 +1,198 @@
+import MeshCore
+import NodeConfig
+import Testing
+
+@Suite struct ConfigTests {
+    static let issueExample = """
+        node: { id: gpu-node-01, region: eu-west, type: gpu, data_dir: ./data/gpu-node-01 }
+        server: { listen_addr: "127.0.0.1:8080" }
+        providers:
+          local:                                   # an OpenAI-style server on this machine
+            type: local
+            base_url: http://127.0.0.1:11434/v1
+            priority: 1
+            models: [ { name: llama-3.1-8b, upstream_model: "llama3.1:8b" } ]
+          groq:
+            type: openai_compatible
+            base_url: https://api.groq.com/openai/v1
+            credentials: { api_key: "${GROQ_API_KEY}" }
+            models:
+              - { name: llama-3.1-8b, upstream_model: llama-3.1-8b-instant, input_cost_per_1m: 0.05, output_cost_per_1m: 0.08 }
+          anthropic:
+            type: anthropic                        # base_url defaults to the vendor's
+            credentials: { api_key: "${ANTHROPIC_API_KEY}" }
+            models: [ { name: claude-sonnet, upstream_model: claude-sonnet-4-5, input_cost_per_1m: 3, output_cost_per_1m: 15 } ]
+        routing:
+          strategy: cost_optimized
+          failover: { enabled: true, max_retries: 3, retry_delay: 200ms }
+        """
+
+    @Test func issueExample_parsesWithEnvironmentKeys() throws {
+        let outcome = ConfigLoader.parse(yaml: Self.issueExample, file: "node.yaml", environment: ["GROQ_API_KEY": "gsk-test", "ANTHROPIC_API_KEY": "sk-ant-test"])
+        let config = try #require(outcome.configuration, "\(outcome.diagnostics)")
+        #expect(outcome.errors.isEmpty)
+        #expect(config.node.id == "gpu-node-01")
+        #expect(config.node.type == .gpu)
+        #expect(config.server.listenAddr == HostPort(host: "127.0.0.1", port: 8080))
+        #expect(config.providers.map(\.name) == ["local", "groq", "anthropic"])
+        let local = try #require(config.provider(named: "local"))
+        #expect(local.isLocal && local.priority == 1 && local.models[0].upstreamModel == "llama3.1:8b" && local.models[0].price.isFree)
+        let groq = try #require(config.provider(named: "groq"))
+        #expect(groq.credentials.apiKey?.value == "gsk-test")
+        #expect(groq.models[0].price == Price(inputPer1M: 0.05, outputPer1M: 0.08))
+        let anthropic = try #require(config.provider(named: "anthropic"))
+        #expect(anthropic.baseURL == "https://api.anthropic.com" && anthropic.wireFormat == .anthropic && anthropic.enabled)
+        #expect(config.routing.failover.retryDelay == .milliseconds(200) && config.routing.failover.maxRetries == 3)
+    }
+
+    @Test func unsetKeyVariable_disablesProviderWithAWarningNamingTheVariable() throws {
+        let outcome = ConfigLoader.parse(yaml: Self.issueExample, file: "node.yaml", environment: [:])
+        let config = try #require(outcome.configuration)
+        #expect(config.provider(named: "groq")?.enabled == false)
+        #expect(config.provider(named: "local")?.enabled == true)
+        let warning = try #require(outcome.warnings.first { $0.message.contains("GROQ_API_KEY") })
+        #expect(warning.line == 9)
+        #expect(warning.description.hasPrefix("node.yaml:9: providers.groq:"))
+    }
+
+    @Test func secret_neverPrintsItsValue() throws {
+        let outcome = ConfigLoader.parse(yaml: Self.issueExample, environment: ["GROQ_API_KEY": "gsk-very-secret"])
+        let config = try #require(outcome.configuration)
+        #expect(!"\(config.providers)".contains("gsk-very-secret"))
+    }
+
+    @Test func standardSpellings_openaiModelAndCostPer1k_areAccepted() throws {
+        let yaml = """
+            providers:
+              cf:
+                type: cloudflare
+                credentials: { account_id: acc, api_token: tok }
+                models:
+                  - name: llama
+                    cloudflare_model: "@cf/meta/llama-3.1-8b-instruct"
+                    capabilities: [text-generation, code-generation]
+                    cost_per_1k_tokens: 0.0002
+              oa:
+                type: openai
+                endpoint: https://api.openai.com/v1/
+                credentials: { api_key: sk }
+                models: [ { name: gpt, openai_model: gpt-4o-mini } ]
+            """
+        let config = try #require(ConfigLoader.parse(yaml: yaml).configuration)
+        let cf = try #require(config.provider(named: "cf"))
+        #expect(cf.models[0].upstreamModel == "@cf/meta/llama-3.1-8b-instruct")
+        #expect(abs(cf.models[0].price.inputPer1M - 0.2) < 1e-9)
+        #expect(cf.models[0].capabilities == ["text-generation", "code-generation"])
+        #expect(config.provider(named: "oa")?.baseURL == "https://api.openai.com/v1")
+        #expect(config.provider(named: "oa")?.models[0].upstreamModel == "gpt-4o-mini")
+    }
+
+    @Test func errors_nameFileLineAndField() {
+        let yaml = """
+            server:
+              listen_addr: "not-an-address"
+              max_request_size: 10 parsecs
+            routing:
+              strategy: cheapest-ever
+              failover: { max_retires: 3 }
+            providers:
+              local:
+                type: local
+                models: [ { name: m } ]
+            """
+        let outcome = ConfigLoader.parse(yaml: yaml, file: "bad.yaml")
+        #expect(outcome.configuration == nil)
+        let lines = outcome.errors.map(\.description)
+        #expect(lines.contains { $0.hasPrefix("bad.yaml:2: server.listen_addr:") })
+        #expect(lines.contains { $0.hasPrefix("bad.yaml:3: server.max_request_size:") })
+        #expect(lines.contains { $0.hasPrefix("bad.yaml:5: routing.strategy:") && $0.contains("cheapest-ever") })
+        #expect(lines.contains { $0.hasPrefix("bad.yaml:6: routing.failover.max_retires:") && $0.contains("did you mean 'max_retries'") })
+        #expect(lines.contains { $0.hasPrefix("bad.yaml:8: providers.local:") && $0.contains("needs base_url") })
+    }
+
+    @Test func onnxModelPath_getsAPreciseInstruction() {
+        let yaml = """
+            providers:
+              local:
+                type: local
+                base_url: http://127.0.0.1:8080/v1
+                models:
+                  - name: phi
+                    path: ./models/phi.onnx
+            """
+        let outcome = ConfigLoader.parse(yaml: yaml, file: "std.yaml")
+        let error = outcome.errors.first
+        #expect(error?.line == 7)
+        #expect(error?.field == "providers.local.models[0].path")
+        #expect(error?.message.contains("run an inference server") == true)
+        #expect(error?.message.contains("base_url") == true)
+    }
+
+    @Test func yamlSyntaxError_reportsItsLine() {
+        let outcome = ConfigLoader.parse(yaml: "node:\n  id: a\n  region: [unclosed\n", file: "s.yaml")
+        #expect(outcome.errors.count == 1)
+        #expect(outcome.errors[0].description.hasPrefix("s.yaml:"))
+        #expect(outcome.errors[0].line >= 3)
+    }
+
+    @Test func jsonConfig_isAccepted() throws {
+        let json = #"{"node": {"id": "j1"}, "server": {"listen_addr": ":9000"}, "providers": {"l": {"type": "ollama", "models": ["llama3"]}}}"#
+        let config = try #require(ConfigLoader.parse(yaml: json).configuration)
+        #expect(config.node.id == "j1")
+        #expect(config.server.listenAddr == HostPort(host: "0.0.0.0", port: 9000))
+        #expect(config.provider(named: "l")?.baseURL == "http://127.0.0.1:11434/v1")
+    }
+
+    @Test func variableDefaults_andEscapes_expand() throws {
+        let yaml = #"node: { id: "${NODE_ID:-fallback}", region: "$${literal}" }"#
+        let config = try #require(ConfigLoader.parse(yaml: yaml).configuration)
+        #expect(config.node.id == "fallback")
+        #expect(config.node.region == "${literal}")
+    }
+
+    @Test func unsetVariableOutsideCredentials_isAnError() {
+        let outcome = ConfigLoader.parse(yaml: "node: { region: \"${REGION}\" }", file: "e.yaml")
+        #expect(outcome.errors.first?.description == "e.yaml:1: node.region: environment variable REGION is not set")
+    }
+
+    @Test func meshSection_andStandardSections_parse() throws {
+        let yaml = """
+            node:
+              id: gpu-node-01
+              mesh:
+                enabled: true
+                listen_addr: "0.0.0.0:7946"
+                advertise_addr: "10.0.0.5:7946"
+                peers: [ "10.0.0.6:7946", { id: n3, addr: "10.0.0.7:7946", priority: 2 } ]
+                trust: { mode: open }
+                max_hops: 2
+            budget:
+              enabled: true
+              daily_limit: 10
+              monthly_limit: 200
+              alerts: [ { threshold: 80, action: log }, { threshold: 95, action: disable_paid_providers } ]
+            observability:
+              logging: { level: debug, format: json }
+              metrics: { enabled: true, prometheus_port: 9090 }
+            security:
+              auth: { enabled: true, type: api_key, api_keys: [ { key: "sk-local-123456", name: alice, rate_limit: 1000 } ] }
+              cors: { enabled: true, allowed_origins: ["*"] }
+            """
+        let config = try #require(ConfigLoader.parse(yaml: yaml).configuration)
+        #expect(config.node.mesh.peers.map(\.address) == ["10.0.0.6:7946", "10.0.0.7:7946"])
+        #expect(config.node.mesh.peers[1].id == "n3")
+        #expect(config.node.mesh.advertiseAddr == HostPort(host: "10.0.0.5", port: 7946))
+        #expect(config.budget.alerts == [.init(thresholdPercent: 80, action: .log), .init(thresholdPercent: 95, action: .disablePaidProviders)])
+        #expect(config.observability.logFormat == .json && config.observability.prometheusPort == 9090)
+        #expect(config.security.apiKeys.first?.name == "alice" && config.security.apiKeys.first?.requestsPerHour == 1000)
+    }
+
+    @Test func exampleConfigsInTheRepository_areValid() throws {
+        let directory = #filePath.components(separatedBy: "/Tests/")[0] + "/mesh-configs"
+        let files = ["single-node.yaml", "workstation.yaml"]
+        for file in files {
+            let outcome = ConfigLoader.check(path: "\(directory)/\(file)", environment: ["OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GROQ_API_KEY": "x", "GEMINI_API_KEY": "x", "CLOUDFLARE_ACCOUNT_ID": "x", "CLOUDFLARE_API_TOKEN": "x", "OPENROUTER_API_KEY": "x"])
+            #expect(outcome.errors.isEmpty, "\(file): \(outcome.errors)")
+        }
+    }
+}

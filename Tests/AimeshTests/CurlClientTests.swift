@@ -1,0 +1,116 @@
+import CurlHTTP
+import MeshCore
+import MockUpstream
+import Testing
+
+@Suite(.timeLimit(.minutes(1))) struct CurlClientTests {
+    let client = CurlClient()
+
+    @Test func post_getsTheWholeJSONBody_andReusesTheConnection() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let url = mocks[0].baseURL + "/v1/chat/completions"
+            for _ in 0..<3 {
+                let (head, body) = try await client.send(.post(url, json: chatBody("x").bytes))
+                #expect(head.status == 200)
+                #expect(head.header("content-type") == "application/json")
+                #expect(try JSONParser.parse(body)["choices"]?[0]?["message"]?["content"]?.stringValue == "Hello from m! You said: hello there")
+            }
+            #expect(mocks[0].connectionCount == 1)
+            #expect(mocks[0].lastRequest?.header("expect") == nil)
+        }
+    }
+
+    @Test func stream_arrivesChunkByChunk() async throws {
+        try await withMocks([.init(name: "m", eventInterval: .milliseconds(5))]) { mocks in
+            let response = try await client.start(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x", stream: true).bytes))
+            #expect(response.head.header("content-type") == "text/event-stream")
+            var chunks = 0
+            var parser = SSEParser()
+            var events: [SSEEvent] = []
+            while let chunk = try await response.next() {
+                chunks += 1
+                events += try parser.feed(chunk)
+            }
+            #expect(chunks >= 5)
+            #expect(events.last?.isDone == true)
+        }
+    }
+
+    @Test func firstByteTimeout_failsBeforeAnyResponse() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            mocks[0].enqueue(.delay(.seconds(5)))
+            let started = ContinuousClock.now
+            await #expect {
+                try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes, timeouts: Timeouts(firstByte: .milliseconds(200))))
+            } throws: { error in
+                (error as? TransferError)?.kind == .firstByteTimeout && (error as? TransferError)?.phase == .beforeResponse
+            }
+            #expect(ContinuousClock.now - started < .seconds(3))
+        }
+    }
+
+    @Test func connectionReset_isReportedBeforeResponse() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            mocks[0].enqueue(.reset)
+            await #expect {
+                try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes))
+            } throws: { error in
+                (error as? TransferError)?.phase == .beforeResponse
+            }
+        }
+    }
+
+    @Test func streamCut_isReportedDuringBody() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            mocks[0].enqueue(.cutAfter(events: 2))
+            let response = try await client.start(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x", stream: true).bytes))
+            await #expect {
+                while try await response.next() != nil {}
+            } throws: { error in
+                (error as? TransferError)?.phase == .duringBody
+            }
+        }
+    }
+
+    @Test func stalledStream_hitsTheIdleTimeout() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            mocks[0].enqueue(.stall)
+            let response = try await client.start(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x", stream: true).bytes, timeouts: Timeouts(idle: .milliseconds(200))))
+            await #expect {
+                while try await response.next() != nil {}
+            } throws: { error in
+                (error as? TransferError)?.kind == .idleTimeout
+            }
+        }
+    }
+
+    @Test func cancellingTheTask_endsTheTransfer() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            mocks[0].enqueue(.delay(.seconds(20)))
+            let task = Task { try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes)) }
+            // Cancel once the request has reached the server.
+            while mocks[0].requestCount == 0 { await Task.yield() }
+            task.cancel()
+            await #expect {
+                _ = try await task.value
+            } throws: { error in
+                (error as? TransferError)?.kind == .cancelled
+            }
+        }
+    }
+
+    @Test func refusedConnection_andBadScheme_areErrors() async throws {
+        await #expect {
+            try await client.send(OutboundRequest(url: "http://127.0.0.1:1/nothing", timeouts: Timeouts(connect: .seconds(2))))
+        } throws: { error in
+            (error as? TransferError)?.kind == .couldNotConnect
+        }
+        await #expect(throws: TransferError.self) { try await client.send(OutboundRequest(url: "ftp://example.org/")) }
+    }
+
+    @Test func headerWithLineBreak_isRefused() async throws {
+        await #expect(throws: TransferError.self) {
+            try await client.send(OutboundRequest(url: "http://127.0.0.1:1/", headers: [("X-Evil", "a\r\nInjected: 1")]))
+        }
+    }
+}

@@ -1,0 +1,148 @@
+import MeshCore
+@testable import Providers
+import Testing
+
+@Suite struct ChatRequestTests {
+    @Test func validRequest_isParsedOnce() throws {
+        let request = try ChatRequest(bytes: Array(#"{"model":"m","messages":[{"role":"user","content":"hello"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":5}"#.utf8))
+        #expect(request.model == "m" && request.stream && request.clientWantsStreamUsage && request.maxTokens == 5)
+        #expect(request.promptCharacters == 5)
+    }
+
+    @Test(arguments: [
+        (#"{"messages":[{"role":"user","content":"x"}]}"#, "model"),
+        (#"{"model":3,"messages":[{"role":"user","content":"x"}]}"#, "model"),
+        (#"{"model":"m"}"#, "messages"),
+        (#"{"model":"m","messages":[]}"#, "messages"),
+        (#"{"model":"m","messages":["hi"]}"#, "messages[0]"),
+        (#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, "messages[0].role"),
+        (#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, "stream"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, "max_tokens"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, "temperature"),
+        (#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":[1]}"#, "stop"),
+    ])
+    func invalidRequest_is400NamingTheParameter(_ body: String, _ param: String) {
+        do {
+            _ = try ChatRequest(bytes: Array(body.utf8))
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.status == 400)
+            #expect(error.param == param)
+        }
+    }
+
+    @Test func malformedJSON_is400WithPosition() {
+        do {
+            _ = try ChatRequest(bytes: Array("{\"model\": ".utf8))
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.status == 400 && error.code == "invalid_json" && error.message.contains("line 1"))
+        }
+    }
+}
+
+@Suite struct AnthropicTranslationTests {
+    func request(_ json: String) throws -> ChatRequest { try ChatRequest(bytes: Array(json.utf8)) }
+
+    @Test func request_movesSystemOut_setsMaxTokens_andMapsToolsAndResults() throws {
+        let chat = try request("""
+            {"model":"claude","messages":[
+              {"role":"system","content":"be brief"},
+              {"role":"user","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"data:image/png;base64,QUJD"}}]},
+              {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"lookup","arguments":"{\\"q\\":\\"x\\"}"}}]},
+              {"role":"tool","tool_call_id":"call_1","content":"found"}
+            ],"tools":[{"type":"function","function":{"name":"lookup","description":"d","parameters":{"type":"object"}}}],
+            "tool_choice":"required","stop":"END","temperature":1.5}
+            """)
+        let body = JSON.object(try AnthropicAdapter.translateRequest(chat, model: "claude-sonnet-4-5", defaultMaxTokens: 777))
+        #expect(body["system"]?.stringValue == "be brief")
+        #expect(body["max_tokens"]?.intValue == 777)
+        #expect(body["temperature"]?.doubleValue == 1)
+        #expect(body["stop_sequences"]?[0]?.stringValue == "END")
+        let messages = try #require(body["messages"]?.arrayValue)
+        #expect(messages.map { $0["role"]?.stringValue } == ["user", "assistant", "user"])
+        #expect(messages[0]["content"]?[1]?["source"]?["media_type"]?.stringValue == "image/png")
+        #expect(messages[0]["content"]?[1]?["source"]?["data"]?.stringValue == "QUJD")
+        #expect(messages[1]["content"]?[0]?["type"]?.stringValue == "tool_use")
+        #expect(messages[1]["content"]?[0]?["input"]?["q"]?.stringValue == "x")
+        #expect(messages[2]["content"]?[0]?["tool_use_id"]?.stringValue == "call_1")
+        #expect(body["tools"]?[0]?["input_schema"]?["type"]?.stringValue == "object")
+        #expect(body["tool_choice"]?["type"]?.stringValue == "any")
+    }
+
+    @Test func response_becomesAnOpenAICompletion() throws {
+        let bytes = Array(#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"text","text":"Hi"},{"type":"tool_use","id":"t1","name":"f","input":{"a":1}}],"stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":4,"cache_read_input_tokens":2}}"#.utf8)
+        let completed = try AnthropicAdapter.translateResponse(bytes, providerName: "anthropic")
+        let json = try JSONParser.parse(completed.body)
+        #expect(json["object"]?.stringValue == "chat.completion")
+        #expect(json["choices"]?[0]?["message"]?["content"]?.stringValue == "Hi")
+        #expect(json["choices"]?[0]?["message"]?["tool_calls"]?[0]?["function"]?["arguments"]?.stringValue == #"{"a":1}"#)
+        #expect(json["choices"]?[0]?["finish_reason"]?.stringValue == "tool_calls")
+        #expect(completed.usage == Usage(promptTokens: 12, completionTokens: 4))
+    }
+
+    @Test func streamEvents_becomeDeltasFinishAndUsage() throws {
+        var translator = AnthropicStreamTranslator()
+        func feed(_ type: String, _ json: String) throws -> [StreamPiece] {
+            try translator.translate(SSEEvent(event: type, data: Array(json.utf8)))
+        }
+        let start = try feed("message_start", #"{"type":"message_start","message":{"usage":{"input_tokens":7,"output_tokens":1}}}"#)
+        guard case .usage(7, _)? = start.first else { Issue.record("no usage: \(start)"); return }
+        let delta = try feed("content_block_delta", #"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#)
+        guard case .delta(let object)? = delta.first else { Issue.record("no delta"); return }
+        #expect(object["content"]?.stringValue == "Hel")
+        let end = try feed("message_delta", #"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":9}}"#)
+        #expect(end.count == 2)
+        guard case .finish("length") = end[1] else { Issue.record("finish: \(end)"); return }
+        #expect(throws: ProviderFailure.self) { try feed("error", #"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#) }
+    }
+}
+
+@Suite struct GeminiAndCloudflareTranslationTests {
+    @Test func gemini_request_usesContentsSystemInstructionAndGenerationConfig() throws {
+        let chat = try ChatRequest(bytes: Array(#"{"model":"g","messages":[{"role":"system","content":"sys"},{"role":"user","content":"q"},{"role":"assistant","content":"a"},{"role":"user","content":"q2"}],"max_tokens":50,"temperature":0.2,"stop":["x"]}"#.utf8))
+        let body = JSON.object(GeminiAdapter.translateRequest(chat))
+        #expect(body["systemInstruction"]?["parts"]?[0]?["text"]?.stringValue == "sys")
+        #expect(body["contents"]?.arrayValue?.map { $0["role"]?.stringValue } == ["user", "model", "user"])
+        #expect(body["generationConfig"]?["maxOutputTokens"]?.intValue == 50)
+        #expect(body["generationConfig"]?["stopSequences"]?[0]?.stringValue == "x")
+    }
+
+    @Test func gemini_response_mapsTextFinishAndUsage() throws {
+        let bytes = Array(#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hello"},{"text":" there"}]},"finishReason":"MAX_TOKENS"}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":2}}"#.utf8)
+        let completed = try GeminiAdapter.translateResponse(bytes, model: "gemini", providerName: "g")
+        let json = try JSONParser.parse(completed.body)
+        #expect(json["choices"]?[0]?["message"]?["content"]?.stringValue == "Hello there")
+        #expect(json["choices"]?[0]?["finish_reason"]?.stringValue == "length")
+        #expect(completed.usage == Usage(promptTokens: 3, completionTokens: 2))
+    }
+
+    @Test func gemini_blockedPrompt_isTheClientsProblem() {
+        let bytes = Array(#"{"promptFeedback":{"blockReason":"SAFETY"}}"#.utf8)
+        #expect {
+            try GeminiAdapter.translateResponse(bytes, model: "gemini", providerName: "g")
+        } throws: { error in
+            (error as? ProviderFailure)?.kind == .rejected(400)
+        }
+    }
+
+    @Test func cloudflare_unwrapsTheEnvelope_andReportsFailure() throws {
+        let chat = try ChatRequest(bytes: Array(#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#.utf8))
+        let ok = try CloudflareAdapter.translateResponse(Array(#"{"result":{"response":"yo","usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}},"success":true,"errors":[]}"#.utf8), request: chat, model: "@cf/x", providerName: "cf")
+        #expect(try JSONParser.parse(ok.body)["choices"]?[0]?["message"]?["content"]?.stringValue == "yo")
+        #expect(ok.usage == Usage(promptTokens: 2, completionTokens: 1))
+        #expect(throws: ProviderFailure.self) {
+            try CloudflareAdapter.translateResponse(Array(#"{"result":null,"success":false,"errors":[{"code":7003,"message":"bad"}]}"#.utf8), request: chat, model: "@cf/x", providerName: "cf")
+        }
+    }
+
+    @Test func cloudflare_urls_forDirectAccountAndAIGateway() {
+        let client = CurlHTTPTestSupport.sharedClient
+        let direct = CloudflareAdapter(name: "cf", baseURL: "https://api.cloudflare.com/client/v4", accountID: "acc", apiToken: "t", client: client)
+        #expect(direct.runURL == "https://api.cloudflare.com/client/v4/accounts/acc/ai/run")
+        let gateway = CloudflareAdapter(name: "cf", baseURL: "https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai", accountID: "acc", apiToken: "t", client: client)
+        #expect(gateway.runURL == "https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai")
+        #expect(gateway.openAIBase == "https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai/v1")
+    }
+}

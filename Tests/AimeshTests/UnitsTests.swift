@@ -1,0 +1,24 @@
+import MeshCore
+import Testing
+
+@Suite struct UnitsTests {
+    @Test(arguments: [
+        ("200ms", 200), ("1.5s", 1500), ("30s", 30000), ("5m", 300_000), ("2h", 7_200_000), ("1m30s", 90000), ("250us", 0), ("3", 3000),
+    ])
+    func parseDuration_readsHumanSpellings(_ text: String, _ millis: Int64) {
+        #expect(Units.parseDuration(text)?.milliseconds == millis)
+    }
+
+    @Test(arguments: ["", "ms", "5 parsecs", "-1s", "1x"])
+    func parseDuration_rejectsNonsense(_ text: String) {
+        #expect(Units.parseDuration(text) == nil)
+    }
+
+    @Test func parseByteSize_usesPowersOf1024() {
+        #expect(Units.parseByteSize("10MB") == 10 * 1024 * 1024)
+        #expect(Units.parseByteSize("512KB") == 512 * 1024)
+        #expect(Units.parseByteSize("2048") == 2048)
+        #expect(Units.parseByteSize("1GiB") == 1 << 30)
+        #expect(Units.parseByteSize("10 parsecs") == nil)
+    }
+}
