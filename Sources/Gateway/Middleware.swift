@@ -34,15 +34,20 @@ struct AuthMiddleware: RouterMiddleware {
     let gateway: Gateway
 
     static let publicPaths: Set<String> = ["/health", "/metrics"]
+    static let apiKeyHeader = HTTPField.Name("x-api-key")!
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard gateway.configuration.security.authEnabled, !AuthMiddleware.publicPaths.contains(request.uri.path) else {
             return try await next(request, context)
         }
-        guard let header = request.headers[.authorization] else {
+        let token: String
+        if let header = request.headers[.authorization] {
+            token = header.hasPrefix("Bearer ") ? String(header.dropFirst(7)) : header
+        } else if let key = request.headers[AuthMiddleware.apiKeyHeader] {
+            token = key
+        } else {
             throw APIErrorResponse(error: .unauthorized("missing API key: send Authorization: Bearer KEY"))
         }
-        let token = header.hasPrefix("Bearer ") ? String(header.dropFirst(7)) : header
         guard let name = gateway.authenticate(bearer: token) else {
             throw APIErrorResponse(error: .unauthorized("invalid API key"))
         }

@@ -1,0 +1,60 @@
+# Shared helpers for aimesh's scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+AIMESH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export AIMESH_ROOT
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run as root or through sudo, whichever this machine has.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "need root to run: $* (install it by hand, then re-run)"
+    fi
+}
+
+# ensure_debs PKG... installs whichever of the Debian packages are missing.
+ensure_debs() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The C libraries aimesh links against.
+ensure_build_deps() {
+    command -v swift >/dev/null 2>&1 || die "swift is not on PATH; install Swift 6.3 (https://swift.org/install) first"
+    ensure_debs libsodium-dev libcurl4-openssl-dev libsqlite3-dev pkg-config
+}
+
+# build [debug|release] builds the aimesh executable and prints its path.
+build() {
+    local conf="${1:-debug}"
+    say "building aimesh ($conf)"
+    (cd "$AIMESH_ROOT" && swift build -c "$conf" --product aimesh >&2) || die "build failed"
+    echo "$AIMESH_ROOT/.build/$conf/aimesh"
+}
+
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    python3 - <<'PY'
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+PY
+}
+
+# wait_http URL [seconds] polls until URL answers 200.
+wait_http() {
+    local url="$1" limit="${2:-20}" i=0
+    while [ "$i" -lt $((limit * 10)) ]; do
+        curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+        sleep 0.1; i=$((i + 1))
+    done
+    die "$url did not answer within ${limit}s"
+}
