@@ -45,7 +45,7 @@ public final class RouteBoard: Sendable {
             guard let entry = all[candidate.id] else { return candidate }
             candidate.expectedLatency = entry.latencyEWMA ?? candidate.expectedLatency
             candidate.inFlight = entry.inFlight
-            candidate.errorRate = max(entry.errorEWMA, candidate.errorRate)
+            candidate.errorRate = max(entry.errorRate(at: now), candidate.errorRate)
             candidate.breaker = entry.breaker.peek(at: now)
             return candidate
         }
@@ -107,7 +107,7 @@ public final class RouteBoard: Sendable {
     public func snapshot(now: ContinuousClock.Instant) -> [Snapshot] {
         stats.withLock { all in
             all.map { id, entry in
-                Snapshot(id: id, latency: entry.latencyEWMA, errorRate: entry.errorEWMA, inFlight: entry.inFlight,
+                Snapshot(id: id, latency: entry.latencyEWMA, errorRate: entry.errorRate(at: now), inFlight: entry.inFlight,
                          successes: entry.successes, failures: entry.failures, breaker: entry.breaker.peek(at: now))
             }.sorted { $0.id < $1.id }
         }
@@ -116,7 +116,7 @@ public final class RouteBoard: Sendable {
     public func snapshot(of id: String, now: ContinuousClock.Instant) -> Snapshot? {
         stats.withLock { all in
             all[id].map { entry in
-                Snapshot(id: id, latency: entry.latencyEWMA, errorRate: entry.errorEWMA, inFlight: entry.inFlight,
+                Snapshot(id: id, latency: entry.latencyEWMA, errorRate: entry.errorRate(at: now), inFlight: entry.inFlight,
                          successes: entry.successes, failures: entry.failures, breaker: entry.breaker.peek(at: now))
             }
         }

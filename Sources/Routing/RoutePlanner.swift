@@ -68,7 +68,7 @@ public enum RoutePlanner {
             }
         }
 
-        // Health tiers: healthy, then degraded (high error rate or half-open), then open breakers,
+        // Health tiers: healthy, then degraded (error rate over the threshold), then open breakers,
         // which are tried only when nothing else is left.
         var tiers: [[RouteCandidate]] = [[], [], []]
         for candidate in eligible { tiers[tier(of: candidate, request)].append(candidate) }
@@ -105,7 +105,10 @@ public enum RoutePlanner {
     static func tier(of candidate: RouteCandidate, _ request: PlanRequest) -> Int {
         switch candidate.breaker {
         case .open: return 2
-        case .halfOpen(let probeInFlight): return probeInFlight ? 2 : 1
+        // A half-open route is due its one probe: it competes in the healthy tier (the strategy
+        // still decides whether it is worth trying) — demoting it would starve it of the very
+        // request that can close its breaker. Failover covers the client if the probe fails.
+        case .halfOpen(let probeInFlight): return probeInFlight ? 2 : 0
         case .closed:
             if let threshold = request.unhealthyThreshold, candidate.errorRate > threshold { return 1 }
             return 0

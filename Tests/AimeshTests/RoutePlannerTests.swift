@@ -79,6 +79,16 @@ import Testing
         #expect(plan(PlanRequest(model: "m", unhealthyThreshold: nil), routes) == ["flaky", "steady"])
     }
 
+    @Test func halfOpenRoute_getsItsProbe_evenWithAHighErrorRate() {
+        // The preferred route failed until its breaker opened; now half-open, it must be offered the
+        // probe that can close the breaker, not starved behind healthy routes.
+        let routes = [Self.route("recovering", priority: 1, errorRate: 0.9, breaker: .halfOpen(probeInFlight: false)),
+                      Self.route("backup", priority: 2)]
+        #expect(plan(PlanRequest(model: "m", strategy: .availability), routes) == ["recovering", "backup"])
+        let busy = [Self.route("recovering", priority: 1, breaker: .halfOpen(probeInFlight: true)), Self.route("backup", priority: 2)]
+        #expect(plan(PlanRequest(model: "m", strategy: .availability), busy).first == "backup")
+    }
+
     @Test func filters_maxCostLocalOnlyBudgetPinAndCapability() {
         let routes = [Self.route("gpu", kind: .localServer, in: 0, out: 0), Self.route("cloud", in: 3, out: 15),
                       Self.route("embedder", in: 0.1, out: 0, capabilities: [Capability.embeddings])]
@@ -167,5 +177,20 @@ import Testing
         #expect(stats.latencyEWMA == .milliseconds(200))
         stats.recordFailure(at: t0)
         #expect(stats.errorEWMA == 0.5)
+        #expect(stats.errorRate(at: t0) == 0.5)
+    }
+
+    @Test func routeStats_errorRateFadesWithoutNewSamples() {
+        var stats = RouteStats(breaker: settings, alpha: 0.5)
+        stats.errorHalfLife = .seconds(30)
+        let t0 = ContinuousClock.now
+        stats.recordFailure(at: t0)
+        stats.recordFailure(at: t0)
+        #expect(stats.errorRate(at: t0) == 0.75)
+        #expect(abs(stats.errorRate(at: t0 + .seconds(30)) - 0.375) < 1e-9)
+        #expect(stats.errorRate(at: t0 + .seconds(300)) < 0.001)
+        // A new sample starts from the faded value.
+        stats.recordSuccess(latency: .milliseconds(10), at: t0 + .seconds(30))
+        #expect(abs(stats.errorRate(at: t0 + .seconds(30)) - 0.1875) < 1e-9)
     }
 }

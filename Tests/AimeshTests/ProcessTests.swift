@@ -1,0 +1,194 @@
+import CurlHTTP
+import Foundation
+import Ledger
+import MeshCore
+import Testing
+
+/// The `aimesh` executable, built next to the test bundle.
+enum AimeshBinary {
+    static var path: String? {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var directory = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        for _ in 0..<3 {
+            let candidate = directory.appendingPathComponent("aimesh").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        return nil
+    }
+}
+
+/// A child process whose output is collected; killed when the test ends.
+final class Child: @unchecked Sendable {
+    let process = Process()
+    private let output = Pipe()
+
+    init(_ arguments: [String], environment: [String: String]? = nil) throws {
+        guard let binary = AimeshBinary.path else { throw TestFailure("the aimesh executable is not built next to the tests") }
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardError = output
+        if let environment { process.environment = environment }
+        try process.run()
+    }
+
+    /// Runs to completion (bounded) and returns the exit code and everything printed.
+    static func run(_ arguments: [String], environment: [String: String]? = nil, timeout: Duration = .seconds(20)) async throws -> (Int32, String) {
+        let child = try Child(arguments, environment: environment)
+        let deadline = ContinuousClock.now + timeout
+        while child.process.isRunning {
+            guard ContinuousClock.now < deadline else { child.kill(); throw TestFailure("aimesh \(arguments) did not finish") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return (child.process.terminationStatus, child.collectedOutput())
+    }
+
+    func collectedOutput() -> String {
+        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+
+    func kill(signal: Int32 = SIGKILL) {
+        if process.isRunning { Foundation.kill(process.processIdentifier, signal) }
+        process.waitUntilExit()
+    }
+}
+
+/// Polls `url` until it answers 200 (bounded).
+func waitForHTTP(_ url: String, client: CurlClient, timeout: Duration = .seconds(20)) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if let (head, _) = try? await client.send(OutboundRequest(url: url, timeouts: Timeouts(connect: .seconds(1), firstByte: .seconds(2), idle: .seconds(2)))), head.status == 200 {
+            return
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw TestFailure("\(url) did not answer within \(timeout)")
+}
+
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw TestFailure("no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// The real executable, as users run it.
+@Suite(.timeLimit(.minutes(1)), .serialized)
+struct ProcessTests {
+    @Test func ledger_survivesKill9_forEveryAcknowledgedRow() async throws {
+        let client = CurlClient()
+        defer { client.shutdown() }
+        let mockPort = try freeLoopbackPort(), apiPort = try freeLoopbackPort()
+        let mock = try Child(["mock-upstream", "--listen", "127.0.0.1:\(mockPort)", "--name", "up"])
+        defer { mock.kill() }
+        let dataDir = temporaryDirectory("kill9")
+        let configPath = dataDir + "/node.yaml"
+        try """
+        node: { id: crashy, data_dir: "\(dataDir)/data" }
+        server: { listen_addr: "127.0.0.1:\(apiPort)" }
+        providers:
+          local: { type: local, base_url: "http://127.0.0.1:\(mockPort)/v1", models: [ { name: m } ] }
+        observability: { logging: { level: error } }
+        """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let node = try Child(["node", "--config", configPath])
+        defer { node.kill() }
+        try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
+        try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+
+        var requestIDs: [String] = []
+        for i in 0..<60 {
+            let (head, _) = try await client.send(.post("http://127.0.0.1:\(apiPort)/v1/chat/completions", json: chatBody("m", "row \(i)").bytes))
+            #expect(head.status == 200)
+            requestIDs.append(head.header("x-aiproxy-request-id") ?? "")
+        }
+        // Wait until the node acknowledges some rows as committed, then kill it without warning.
+        var committed = 0
+        let deadline = ContinuousClock.now + .seconds(10)
+        while committed < 60, ContinuousClock.now < deadline {
+            let (_, body) = try await client.send(OutboundRequest(url: "http://127.0.0.1:\(apiPort)/aiproxy/ledger/status"))
+            committed = try JSONParser.parse(body)["committed_sequence"]?.intValue ?? 0
+            if committed < 60 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(committed == 60, "the writer commits within a bounded time")
+        node.kill(signal: SIGKILL)
+
+        let reader = try LedgerReader(path: dataDir + "/data/ledger.sqlite")
+        #expect(try reader.integrityCheck() == "ok")
+        #expect(try reader.count() >= committed)
+        for id in requestIDs.prefix(committed) {
+            #expect(try reader.entry(requestID: id) != nil, "row \(id) was acknowledged and must be on disk")
+        }
+        // Key and data directory permissions: nothing readable by others.
+        let attributes = try FileManager.default.attributesOfItem(atPath: dataDir + "/data")
+        #expect((attributes[.posixPermissions] as? Int ?? 0o777) & 0o077 == 0)
+    }
+
+    @Test func configCheck_printsFileLineFieldAndExitsNonZero() async throws {
+        let dir = temporaryDirectory("cfgcheck")
+        let path = dir + "/bad.yaml"
+        try """
+        node: { id: n1 }
+        server:
+          listen_addr: "127.0.0.1:99999"
+        providers:
+          gpu:
+            type: locl
+            base_url: http://127.0.0.1:8000/v1
+            models: [ { name: m } ]
+        routing:
+          strategy: cheapest-please
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        let (status, output) = try await Child.run(["config", "check", path])
+        #expect(status != 0)
+        #expect(output.contains("\(path):3: server.listen_addr"), "\(output)")
+        #expect(output.contains("\(path):6: providers.gpu.type"), "\(output)")
+        #expect(output.contains("local"), "did-you-mean for the provider type: \(output)")
+        #expect(output.contains("\(path):10: routing.strategy"), "\(output)")
+
+        let good = dir + "/good.yaml"
+        try "providers:\n  gpu: { type: local, base_url: \"http://127.0.0.1:8000/v1\", models: [ { name: m } ] }\n".write(toFile: good, atomically: true, encoding: .utf8)
+        let (okStatus, okOutput) = try await Child.run(["config", "check", good])
+        #expect(okStatus == 0, "\(okOutput)")
+    }
+
+    @Test func cli_chatStreamsAndModelsLists() async throws {
+        let client = CurlClient()
+        defer { client.shutdown() }
+        let mockPort = try freeLoopbackPort(), apiPort = try freeLoopbackPort()
+        let mock = try Child(["mock-upstream", "--listen", "127.0.0.1:\(mockPort)", "--name", "up"])
+        defer { mock.kill() }
+        let dataDir = temporaryDirectory("cli")
+        try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
+        let configPath = dataDir + "/node.yaml"
+        try """
+        providers:
+          local: { type: local, base_url: "http://127.0.0.1:\(mockPort)/v1", models: [ { name: m } ] }
+        """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        // Flags override the file: the API address and data directory come from the command line.
+        let node = try Child(["node", "--config", configPath, "--api-listen", "127.0.0.1:\(apiPort)", "--data-dir", dataDir + "/data", "--log-level", "error"])
+        defer { node.kill() }
+        try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+        let url = "http://127.0.0.1:\(apiPort)"
+        let (chatStatus, chatOutput) = try await Child.run(["chat", "--node", url, "-m", "m", "are you there"])
+        #expect(chatStatus == 0)
+        #expect(chatOutput.contains("Hello from up! You said: are you there"), "\(chatOutput)")
+        let (modelsStatus, modelsOutput) = try await Child.run(["models", "--node", url])
+        #expect(modelsStatus == 0)
+        #expect(modelsOutput.contains("m") && modelsOutput.contains("local"), "\(modelsOutput)")
+        let (badStatus, badOutput) = try await Child.run(["chat", "--node", url, "-m", "nope", "hi"])
+        #expect(badStatus != 0)
+        #expect(badOutput.contains("nope"), "\(badOutput)")
+        #expect(FileManager.default.fileExists(atPath: dataDir + "/data/ledger.sqlite"), "--data-dir was used")
+        let (versionStatus, versionOutput) = try await Child.run(["version"])
+        #expect(versionStatus == 0 && !versionOutput.isEmpty)
+    }
+}
