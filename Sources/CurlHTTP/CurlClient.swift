@@ -44,11 +44,19 @@ public final class CurlClient: Sendable {
         return OutboundResponse(head: head, transfer: transfer)
     }
 
-    /// Sends the request and collects the whole body, refusing bodies above `maxBytes`.
+    /// Sends the request and returns the head with the whole body, refusing bodies above `maxBytes`.
+    /// The curl thread gathers the body and wakes the caller once, at the end — one thread hop
+    /// instead of one per head and chunk — so use it whenever nothing is streamed to a client.
     public func send(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws -> (ResponseHead, [UInt8]) {
-        let response = try await start(request)
-        let body = try await response.collect(maxBytes: maxBytes)
-        return (response.head, body)
+        let transfer = try Transfer(request: request, engine: engine, wholeBodyLimit: maxBytes)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<(ResponseHead, [UInt8]), any Error>) in
+                transfer.state.withLock { $0.wholeContinuation = continuation }
+                engine.submit(.add(transfer))
+            }
+        } onCancel: {
+            transfer.cancel()
+        }
     }
 
     /// Ends every transfer and stops the thread. Further calls fail with `.shutdown`.
@@ -117,6 +125,10 @@ final class Transfer: @unchecked Sendable {
         var bodyContinuation: CheckedContinuation<[UInt8]?, any Error>?
         var paused = false
         var cancelRequested = false
+        /// Whole-body mode (`send`): the caller waits here for head and body together.
+        var wholeContinuation: CheckedContinuation<(ResponseHead, [UInt8]), any Error>?
+        var wholeBody: [UInt8] = []
+        var overLimit = false
     }
 
     let state = Mutex(State())
@@ -134,8 +146,11 @@ final class Transfer: @unchecked Sendable {
     var idleDeadline: ContinuousClock.Instant?
     var lastActivity: ContinuousClock.Instant
     let pauseAbove: Int
+    /// Set in whole-body mode: the most bytes the body may have.
+    let wholeBodyLimit: Int?
 
-    init(request: OutboundRequest, engine: CurlEngine) throws {
+    init(request: OutboundRequest, engine: CurlEngine, wholeBodyLimit: Int? = nil) throws {
+        self.wholeBodyLimit = wholeBodyLimit
         guard request.url.hasPrefix("http://") || request.url.hasPrefix("https://") else {
             throw TransferError(kind: .invalidRequest, phase: .beforeResponse, message: "unsupported URL scheme in \(CurlEngine.redact(request.url))")
         }
@@ -214,6 +229,15 @@ final class Transfer: @unchecked Sendable {
 
     /// Delivers body bytes; returns false when the transfer should pause.
     func deliver(_ bytes: [UInt8]) -> Bool {
+        if let limit = wholeBodyLimit {
+            let over = state.withLock { state -> Bool in
+                if state.wholeBody.isEmpty { state.wholeBody = bytes } else { state.wholeBody.append(contentsOf: bytes) }
+                if state.wholeBody.count > limit { state.overLimit = true }
+                return state.overLimit
+            }
+            if over { cancel() }
+            return true
+        }
         let (waiter, keepGoing): (CheckedContinuation<[UInt8]?, any Error>?, Bool) = state.withLock { state in
             if let waiter = state.bodyContinuation {
                 state.bodyContinuation = nil
@@ -232,6 +256,10 @@ final class Transfer: @unchecked Sendable {
     }
 
     func deliverHead() {
+        if wholeBodyLimit != nil {
+            state.withLock { $0.headDelivered = true }
+            return
+        }
         let head = ResponseHead(status: status, headers: headers)
         let continuation = state.withLock { state -> CheckedContinuation<ResponseHead, any Error>? in
             state.headDelivered = true
@@ -242,6 +270,22 @@ final class Transfer: @unchecked Sendable {
     }
 
     func finish(_ error: TransferError?) {
+        if let limit = wholeBodyLimit {
+            let (waiter, body, overLimit) = state.withLock { state in
+                if state.finished == nil { state.finished = .some(error) }
+                defer { state.wholeContinuation = nil; state.wholeBody = [] }
+                return (state.wholeContinuation, state.wholeBody, state.overLimit)
+            }
+            guard let waiter else { return }
+            if overLimit {
+                waiter.resume(throwing: TransferError(kind: .tooLarge(limit: limit), phase: .duringBody, message: "response body larger than \(limit) bytes"))
+            } else if let error {
+                waiter.resume(throwing: error)
+            } else {
+                waiter.resume(returning: (ResponseHead(status: status, headers: headers), body))
+            }
+            return
+        }
         let (headWaiter, bodyWaiter) = state.withLock { state -> (CheckedContinuation<ResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?) in
             if state.finished == nil { state.finished = .some(error) }
             let head = state.headContinuation

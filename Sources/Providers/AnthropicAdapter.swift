@@ -25,14 +25,13 @@ public struct AnthropicAdapter: ProviderAdapter {
         var requestHeaders = headers + call.extraHeaders + [("anthropic-version", version)]
         if let apiKey { requestHeaders.append(("x-api-key", apiKey)) }
         let outbound = OutboundRequest.post("\(baseURL)/v1/messages", json: JSON.object(body).bytes, headers: requestHeaders, timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        if call.request.stream {
-            let builder = ChunkBuilder(id: makeCompletionID(), model: call.upstreamModel)
-            return .stream(TranslatingStream(response: response, translator: AnthropicStreamTranslator(), builder: builder,
-                                             clientWantsUsage: call.request.clientWantsStreamUsage, estimatedPromptTokens: call.request.estimatedPromptTokens))
+        if !call.request.stream {
+            return .complete(try AnthropicAdapter.translateResponse(await upstream.fetch(outbound), providerName: name))
         }
-        let bytes = try await upstream.collect(response)
-        return .complete(try AnthropicAdapter.translateResponse(bytes, providerName: name))
+        let response = try await upstream.start(outbound)
+        let builder = ChunkBuilder(id: makeCompletionID(), model: call.upstreamModel)
+        return .stream(TranslatingStream(response: response, translator: AnthropicStreamTranslator(), builder: builder,
+                                         clientWantsUsage: call.request.clientWantsStreamUsage, estimatedPromptTokens: call.request.estimatedPromptTokens))
     }
 
     public func embeddings(_ call: EmbeddingsCall) async throws -> CompletedResponse {

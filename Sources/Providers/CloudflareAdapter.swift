@@ -50,14 +50,13 @@ public struct CloudflareAdapter: ProviderAdapter {
         if useOpenAIEndpoint { return try await openAI.chat(call) }
         let body = CloudflareAdapter.translateRequest(call.request)
         let outbound = OutboundRequest.post("\(runURL)/\(call.upstreamModel)", json: JSON.object(body).bytes, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        if call.request.stream {
-            let builder = ChunkBuilder(id: makeCompletionID(), model: call.upstreamModel)
-            return .stream(TranslatingStream(response: response, translator: CloudflareStreamTranslator(), builder: builder,
-                                             clientWantsUsage: call.request.clientWantsStreamUsage, estimatedPromptTokens: call.request.estimatedPromptTokens))
+        if !call.request.stream {
+            return .complete(try CloudflareAdapter.translateResponse(await upstream.fetch(outbound), request: call.request, model: call.upstreamModel, providerName: name))
         }
-        let bytes = try await upstream.collect(response)
-        return .complete(try CloudflareAdapter.translateResponse(bytes, request: call.request, model: call.upstreamModel, providerName: name))
+        let response = try await upstream.start(outbound)
+        let builder = ChunkBuilder(id: makeCompletionID(), model: call.upstreamModel)
+        return .stream(TranslatingStream(response: response, translator: CloudflareStreamTranslator(), builder: builder,
+                                         clientWantsUsage: call.request.clientWantsStreamUsage, estimatedPromptTokens: call.request.estimatedPromptTokens))
     }
 
     public func embeddings(_ call: EmbeddingsCall) async throws -> CompletedResponse {
@@ -69,8 +68,7 @@ public struct CloudflareAdapter: ProviderAdapter {
         }
         let body: JSON = ["text": .array(request.inputs.map(JSON.string))]
         let outbound = OutboundRequest.post("\(runURL)/\(call.upstreamModel)", json: body.bytes, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        let bytes = try await upstream.collect(response)
+        let bytes = try await upstream.fetch(outbound)
         let result = try CloudflareAdapter.unwrap(bytes, providerName: name)
         guard let vectors = result["data"]?.arrayValue else {
             throw ProviderFailure(kind: .malformedResponse, message: "\(name) sent embeddings without data")

@@ -34,14 +34,13 @@ public struct GeminiAdapter: ProviderAdapter {
         let path = GeminiAdapter.modelPath(call.upstreamModel)
         let url = call.request.stream ? "\(baseURL)/\(path):streamGenerateContent?alt=sse" : "\(baseURL)/\(path):generateContent"
         let outbound = OutboundRequest.post(url, json: JSON.object(body).bytes, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        if call.request.stream {
-            let builder = ChunkBuilder(id: makeCompletionID(), model: call.upstreamModel)
-            return .stream(TranslatingStream(response: response, translator: GeminiStreamTranslator(), builder: builder,
-                                             clientWantsUsage: call.request.clientWantsStreamUsage, estimatedPromptTokens: call.request.estimatedPromptTokens))
+        if !call.request.stream {
+            return .complete(try GeminiAdapter.translateResponse(await upstream.fetch(outbound), model: call.upstreamModel, providerName: name))
         }
-        let bytes = try await upstream.collect(response)
-        return .complete(try GeminiAdapter.translateResponse(bytes, model: call.upstreamModel, providerName: name))
+        let response = try await upstream.start(outbound)
+        let builder = ChunkBuilder(id: makeCompletionID(), model: call.upstreamModel)
+        return .stream(TranslatingStream(response: response, translator: GeminiStreamTranslator(), builder: builder,
+                                         clientWantsUsage: call.request.clientWantsStreamUsage, estimatedPromptTokens: call.request.estimatedPromptTokens))
     }
 
     public func embeddings(_ call: EmbeddingsCall) async throws -> CompletedResponse {
@@ -54,8 +53,7 @@ public struct GeminiAdapter: ProviderAdapter {
         let requests: [JSON] = request.inputs.map { ["model": .string(path), "content": ["parts": [["text": .string($0)]]]] }
         let outbound = OutboundRequest.post("\(baseURL)/\(path):batchEmbedContents", json: JSON.object(["requests": .array(requests)]).bytes,
                                             headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        let bytes = try await upstream.collect(response)
+        let bytes = try await upstream.fetch(outbound)
         guard let json = try? JSONParser.parse(bytes), let embeddings = json["embeddings"]?.arrayValue else {
             throw ProviderFailure(kind: .malformedResponse, message: "\(name) sent embeddings in an unknown shape")
         }

@@ -44,17 +44,16 @@ public struct OpenAIAdapter: ProviderAdapter {
         }
         let body = BodyEdit.apply(edits, to: request.raw, topLevel: request.topLevel)
         let outbound = OutboundRequest.post("\(baseURL)/chat/completions", json: body, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        if request.stream {
-            guard response.head.header("content-type")?.lowercased().contains("text/event-stream") ?? true else {
-                // Some servers answer a stream request with one JSON body: accept it as a one-chunk stream.
-                let bytes = try await upstream.collect(response)
-                return .stream(try SingleResponseStream(body: bytes, request: request))
-            }
-            return .stream(OpenAIStream(response: response, request: request))
+        if !request.stream {
+            return .complete(try OpenAIAdapter.completed(await upstream.fetch(outbound), request: request, providerName: name))
         }
-        let bytes = try await upstream.collect(response)
-        return .complete(try OpenAIAdapter.completed(bytes, request: request, providerName: name))
+        let response = try await upstream.start(outbound)
+        guard response.head.header("content-type")?.lowercased().contains("text/event-stream") ?? true else {
+            // Some servers answer a stream request with one JSON body: accept it as a one-chunk stream.
+            let bytes = try await upstream.collect(response)
+            return .stream(try SingleResponseStream(body: bytes, request: request))
+        }
+        return .stream(OpenAIStream(response: response, request: request))
     }
 
     static func completed(_ bytes: [UInt8], request: ChatRequest, providerName: String) throws(ProviderFailure) -> CompletedResponse {
@@ -80,8 +79,7 @@ public struct OpenAIAdapter: ProviderAdapter {
         if call.upstreamModel != request.model { edits.append(.replace(key: "model", with: .string(call.upstreamModel))) }
         let body = BodyEdit.apply(edits, to: request.raw, topLevel: request.topLevel)
         let outbound = OutboundRequest.post("\(baseURL)/embeddings", json: body, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
-        let response = try await upstream.start(outbound)
-        let bytes = try await upstream.collect(response)
+        let bytes = try await upstream.fetch(outbound)
         let parsed: JSONParser.TopLevel
         do {
             parsed = try JSONParser.parseTopLevelObject(bytes)

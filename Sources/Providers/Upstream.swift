@@ -30,6 +30,19 @@ struct Upstream: Sendable {
         return response
     }
 
+    /// Sends the request and returns the whole 2xx body (one wake-up, nothing streamed); on a
+    /// non-2xx status throws the classified failure.
+    func fetch(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws(ProviderFailure) -> [UInt8] {
+        let head: ResponseHead, body: [UInt8]
+        do {
+            (head, body) = try await client.send(request, maxBytes: maxBytes)
+        } catch {
+            throw ProviderFailure.from(error)
+        }
+        guard (200..<300).contains(head.status) else { throw failure(status: head.status, head: head, body: body) }
+        return body
+    }
+
     func collect(_ response: OutboundResponse, maxBytes: Int = 64 << 20) async throws(ProviderFailure) -> [UInt8] {
         do {
             return try await response.collect(maxBytes: maxBytes)

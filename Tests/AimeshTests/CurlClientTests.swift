@@ -20,6 +20,22 @@ import Testing
         }
     }
 
+    @Test func send_refusesABodyOverItsLimit_andCutsTheStreamWithAnError() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let url = mocks[0].baseURL + "/v1/chat/completions"
+            await #expect(throws: TransferError.self) {
+                _ = try await client.send(.post(url, json: chatBody("x").bytes), maxBytes: 16)
+            }
+            // The whole-body path reports a cut stream as an error, not as a short success.
+            mocks[0].enqueue(.cutAfter(events: 2))
+            await #expect(throws: TransferError.self) {
+                _ = try await client.send(.post(url, json: chatBody("x", stream: true).bytes))
+            }
+            let (head, _) = try await client.send(.post(url, json: chatBody("x").bytes))
+            #expect(head.status == 200, "the client is fine afterwards")
+        }
+    }
+
     @Test func stream_arrivesChunkByChunk() async throws {
         try await withMocks([.init(name: "m", eventInterval: .milliseconds(5))]) { mocks in
             let response = try await client.start(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x", stream: true).bytes))
