@@ -42,6 +42,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "Routing", dependencies: ["MeshCore"], swiftSettings: swiftSettings),
+        // The mesh: wire codec, pure SWIM + Lifeguard, signed record table and trust, simulator.
+        .target(name: "Wire", dependencies: ["MeshCore", "Sodium"], swiftSettings: swiftSettings),
+        .target(name: "Membership", dependencies: ["MeshCore", "Wire"], swiftSettings: swiftSettings),
+        .target(name: "MeshState", dependencies: ["MeshCore", "Wire", "Sodium"], swiftSettings: swiftSettings),
+        .target(name: "MeshSim", dependencies: ["MeshCore", "Wire", "Membership", "MeshState"], swiftSettings: swiftSettings),
         .target(
             name: "Providers",
             dependencies: ["MeshCore", "CurlHTTP", .product(name: "NIOCore", package: "swift-nio")],
@@ -98,7 +103,7 @@ let package = Package(
             name: "AimeshTests",
             dependencies: [
                 "MeshCore", "Sodium", "CurlHTTP", "NodeConfig", "Routing", "Providers", "Ledger", "Gateway",
-                "MockUpstream", "Node",
+                "MockUpstream", "Node", "Wire", "Membership", "MeshState", "MeshSim",
             ],
             swiftSettings: swiftSettings
         ),
