@@ -13,6 +13,11 @@ public protocol RecordStore: Sendable {
 /// Agent settings beyond SWIM's.
 public struct AgentSettings: Sendable {
     public var pushPullInterval: Duration = .seconds(30)
+    /// A second push-pull this long after joining, with a random member, to collect records that
+    /// were still spreading when the first one ran.
+    public var joinFollowUp: Duration = .seconds(2)
+    /// First retry of unanswered seeds; doubles up to `pushPullInterval`.
+    public var seedRetry: Duration = .seconds(1)
     public init() {}
 }
 
@@ -33,6 +38,13 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
     public var settings: AgentSettings
     var nextPushPullAt: Duration
     var random: SplitMix64
+    /// Configured seeds: retried until one answers, then re-checked every push-pull interval so that
+    /// halves of a healed partition find each other again.
+    public private(set) var seeds: [PeerAddress] = []
+    public private(set) var joined = false
+    var nextSeedAttemptAt: Duration?
+    var seedBackoff: Duration = .zero
+    var followUpAt: Duration?
 
     public init(swim: Swim, store: Store, settings: AgentSettings = AgentSettings(), seed: UInt64) {
         self.swim = swim
@@ -45,8 +57,12 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
     /// Joins through seeds: push-pull with each (the shell retries failures with backoff).
     public mutating func join(seeds: [PeerAddress], now: Duration) -> [AgentOutput] {
         swim.announce()
+        self.seeds = seeds.filter { $0 != swim.address }
         nextPushPullAt = now + settings.pushPullInterval
-        return seeds.filter { $0 != swim.address }.map { .pushPull(to: $0) }
+        joined = self.seeds.isEmpty
+        seedBackoff = settings.seedRetry
+        nextSeedAttemptAt = joined ? nil : now + seedBackoff
+        return self.seeds.map { .pushPull(to: $0) }
     }
 
     /// Publishes this node's own record (already stored by the caller's store) to the mesh.
@@ -58,18 +74,37 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
 
     public mutating func tick(now: Duration) -> [AgentOutput] {
         var out = swim.tick(now: now).map(AgentOutput.swim)
+        if let due = nextSeedAttemptAt, now >= due, !joined {
+            seedBackoff = min(seedBackoff * 2, settings.pushPullInterval)
+            nextSeedAttemptAt = now + seedBackoff
+            out += seeds.map { .pushPull(to: $0) }
+        }
+        if let due = followUpAt, now >= due {
+            followUpAt = nil
+            if let pick = randomLiveMember() { out.append(.pushPull(to: pick.address)) }
+        }
         if now >= nextPushPullAt {
             nextPushPullAt = now + settings.pushPullInterval
-            let live = swim.liveMembers
-            if !live.isEmpty {
-                let pick = live.sorted { $0.id < $1.id }[Int(random.next() % UInt64(live.count))]
-                out.append(.pushPull(to: pick.address))
-            }
+            if let pick = randomLiveMember() { out.append(.pushPull(to: pick.address)) }
+            // Seeds that are not live members: maybe the far side of a healed partition.
+            let live = Set(swim.liveMembers.map(\.address))
+            out += seeds.filter { !live.contains($0) }.map { .pushPull(to: $0) }
         }
         return out
     }
 
-    public var nextDeadline: Duration { min(swim.nextDeadline, nextPushPullAt) }
+    mutating func randomLiveMember() -> Member? {
+        let live = swim.liveMembers
+        guard !live.isEmpty else { return nil }
+        return live.sorted { $0.id < $1.id }[Int(random.next() % UInt64(live.count))]
+    }
+
+    public var nextDeadline: Duration {
+        var next = min(swim.nextDeadline, nextPushPullAt)
+        if let due = nextSeedAttemptAt, !joined { next = min(next, due) }
+        if let due = followUpAt { next = min(next, due) }
+        return next
+    }
 
     /// One received packet (UDP, or a TCP frame outside push-pull).
     public mutating func receive(_ messages: [MeshMessage], from sender: NodeID, source: PeerAddress, now: Duration) -> [AgentOutput] {
@@ -106,6 +141,11 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
 
     /// Takes the reply; returns the records the responder lacks (the final leg) and what happened.
     public mutating func finishPushPull(_ messages: [MeshMessage], now: Duration) -> (final: [MeshMessage], outputs: [AgentOutput]) {
+        if !joined {
+            joined = true
+            nextSeedAttemptAt = nil
+            followUpAt = now + settings.joinFollowUp
+        }
         let (theirDigest, outputs) = absorb(messages, now: now)
         guard let theirDigest else { return ([], outputs) }
         return (store.newer(than: theirDigest).map(MeshMessage.record), outputs)

@@ -243,7 +243,10 @@ public struct Swim: Sendable {
         let seq = nextSequence()
         let timeout = scaled(settings.probeTimeout)
         probe = Probe(seq: seq, target: target.id, indirectAt: now + timeout, deadline: now + scaled(settings.probeInterval))
-        out.append(.send(to: target.address, messages: withPiggyback([.ping(seq: seq, target: target.id)])))
+        var messages: [MeshMessage] = [.ping(seq: seq, target: target.id)]
+        // Lifeguard's buddy system: tell a suspect member directly, so it can refute at once.
+        if target.status == .suspect { messages.append(.suspect(Accusation(node: target.id, incarnation: target.incarnation, from: me))) }
+        out.append(.send(to: target.address, messages: withPiggyback(messages)))
     }
 
     mutating func nextProbeTarget() -> Member? {
@@ -392,11 +395,12 @@ public struct Swim: Sendable {
     public mutating func receive(_ messages: [MeshMessage], from sender: NodeID, source: PeerAddress, now: Duration) -> [SwimOutput] {
         var out: [SwimOutput] = []
         if leaving { return out }
+        var acks: [MeshMessage] = []
         for message in messages {
             switch message {
             case .ping(let seq, let target):
                 guard target == me else { continue }
-                out.append(.send(to: source, messages: withPiggyback([.ack(seq: seq)])))
+                acks.append(.ack(seq: seq))
             case .ack(let seq):
                 if var current = probe, current.seq == seq, !current.acked {
                     current.acked = true
@@ -431,6 +435,8 @@ public struct Swim: Sendable {
                 continue
             }
         }
+        // Acks go last so that they carry whatever this packet made us broadcast (a refutation).
+        if !acks.isEmpty { out.append(.send(to: source, messages: withPiggyback(acks))) }
         _ = sender
         return out
     }
@@ -494,7 +500,11 @@ public struct Swim: Sendable {
 
     mutating func suspect(_ accusation: Accusation, now: Duration, into out: inout [SwimOutput], confirming: Bool = true) {
         if accusation.node == me {
-            guard accusation.incarnation >= incarnation else { return }
+            guard accusation.incarnation >= incarnation else {
+                // An old accusation: the accuser missed the refutation; send it again.
+                broadcast(.alive(localAlive), key: .member(me))
+                return
+            }
             refute(above: accusation.incarnation)
             adjustAwareness(1)
             return
@@ -527,7 +537,11 @@ public struct Swim: Sendable {
 
     mutating func declareDead(_ accusation: Accusation, now: Duration, into out: inout [SwimOutput]) {
         if accusation.node == me {
-            guard !leaving, accusation.incarnation >= incarnation else { return }
+            guard !leaving else { return }
+            guard accusation.incarnation >= incarnation else {
+                broadcast(.alive(localAlive), key: .member(me))
+                return
+            }
             refute(above: accusation.incarnation)
             adjustAwareness(1)
             return
