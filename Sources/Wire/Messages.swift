@@ -226,7 +226,8 @@ extension ByteReader {
     public mutating func message(maxBody: Int) throws(WireError) -> MeshMessage {
         let code = try u8()
         let length = Int(try u32())
-        guard length <= maxBody, length <= remaining else { throw length > remaining ? .truncated : .oversized("message body") }
+        guard length <= maxBody else { throw .oversized("message body") }
+        guard length <= remaining else { throw .truncated }
         var body = ByteReader(bytes, offset: offset, end: offset + length)
         try skip(length)
         let message: MeshMessage
