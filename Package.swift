@@ -48,6 +48,17 @@ let package = Package(
         .target(name: "MeshState", dependencies: ["MeshCore", "Wire", "Sodium"], swiftSettings: swiftSettings),
         .target(name: "MeshSim", dependencies: ["MeshCore", "Wire", "Membership", "MeshState"], swiftSettings: swiftSettings),
         .target(
+            name: "Transport",
+            dependencies: [
+                "MeshCore", "Wire", "Membership", "MeshState", "Sodium", "Ledger",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "Providers",
             dependencies: ["MeshCore", "CurlHTTP", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
@@ -83,6 +94,7 @@ let package = Package(
             name: "Node",
             dependencies: [
                 "MeshCore", "NodeConfig", "Gateway", "Ledger", "Providers", "Routing", "CurlHTTP", "Sodium",
+                "Wire", "Membership", "MeshState", "Transport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -103,7 +115,7 @@ let package = Package(
             name: "AimeshTests",
             dependencies: [
                 "MeshCore", "Sodium", "CurlHTTP", "NodeConfig", "Routing", "Providers", "Ledger", "Gateway",
-                "MockUpstream", "Node", "Wire", "Membership", "MeshState", "MeshSim",
+                "MockUpstream", "Node", "Wire", "Membership", "MeshState", "MeshSim", "Transport",
             ],
             swiftSettings: swiftSettings
         ),

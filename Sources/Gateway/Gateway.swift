@@ -66,9 +66,12 @@ public final class Gateway: Sendable {
     public let remote: (any RemoteRouteSource)?
     /// Optional: extra JSON for `/aiproxy/mesh/status` (the mesh fills in peers).
     let meshStatus: (@Sendable () -> JSON)?
+    /// Optional: `/aiproxy/mesh/table` (the mesh's signed record table).
+    let meshTable: (@Sendable () -> JSON)?
 
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
-                remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
+                initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -85,6 +88,7 @@ public final class Gateway: Sendable {
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus
+        self.meshTable = meshTable
     }
 
     /// The Hummingbird router with every endpoint.
@@ -113,6 +117,13 @@ public final class Gateway: Sendable {
             router.post("/aiproxy/predict") { request, context in await self.predict(request, context: context) }
         }
         router.get("/aiproxy/mesh/status") { _, _ in JSONResponse.make(self.meshStatusJSON()) }
+        router.get("/aiproxy/mesh/table") { _, _ in
+            guard let table = self.meshTable else {
+                return APIError(status: 404, type: "not_found", code: "mesh_disabled",
+                                message: "this node is not in a mesh; set node.mesh.enabled (or --gossip-listen / --peers)").response()
+            }
+            return JSONResponse.make(table())
+        }
         router.get("/aiproxy/routes") { _, _ in JSONResponse.make(self.routesJSON()) }
         router.get("/aiproxy/ledger/status") { _, _ in JSONResponse.make(self.ledgerStatusJSON()) }
         router.get("/health") { _, _ in JSONResponse.make(self.healthJSON()) }

@@ -88,6 +88,7 @@ public struct Swim: Sendable {
     struct Probe {
         var seq: UInt32
         var target: NodeID
+        var sentAt: Duration = .zero
         var indirectAt: Duration
         var deadline: Duration
         var acked = false
@@ -242,7 +243,7 @@ public struct Swim: Sendable {
         guard let target = nextProbeTarget() else { probe = nil; return }
         let seq = nextSequence()
         let timeout = scaled(settings.probeTimeout)
-        probe = Probe(seq: seq, target: target.id, indirectAt: now + timeout, deadline: now + scaled(settings.probeInterval))
+        probe = Probe(seq: seq, target: target.id, sentAt: now, indirectAt: now + timeout, deadline: now + scaled(settings.probeInterval))
         var messages: [MeshMessage] = [.ping(seq: seq, target: target.id)]
         // Lifeguard's buddy system: tell a suspect member directly, so it can refute at once.
         if target.status == .suspect { messages.append(.suspect(Accusation(node: target.id, incarnation: target.incarnation, from: me))) }
@@ -390,6 +391,14 @@ public struct Swim: Sendable {
     }
 
     // MARK: Receiving
+
+    /// When `messages` hold the direct ack of the running probe: its target and when the ping left
+    /// (the shell turns that into a round-trip time).
+    public func pendingProbeStart(for messages: [MeshMessage]) -> (NodeID, Duration)? {
+        guard let probe, !probe.acked, !probe.indirectSent else { return nil }
+        for case .ack(let seq) in messages where seq == probe.seq { return (probe.target, probe.sentAt) }
+        return nil
+    }
 
     /// Handles the membership messages of one packet from `sender`, which came from `source`.
     public mutating func receive(_ messages: [MeshMessage], from sender: NodeID, source: PeerAddress, now: Duration) -> [SwimOutput] {

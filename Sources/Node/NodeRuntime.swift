@@ -7,6 +7,7 @@ import MeshCore
 import NIOCore
 import NodeConfig
 import ServiceLifecycle
+import Transport
 import Synchronization
 
 #if canImport(Glibc)
@@ -39,7 +40,7 @@ public struct NodeOverrides: Sendable {
             configuration.node.mesh.enabled = true
         }
         if let peers {
-            configuration.node.mesh.peers = peers.map { PeerAddress(address: $0) }
+            configuration.node.mesh.peers = peers.map { SeedPeer(address: $0) }
             configuration.node.mesh.enabled = true
         }
     }
@@ -56,6 +57,8 @@ public final class NodeRuntime: Sendable {
     public let gateway: Gateway
     public let ledger: Ledger?
     public let client: CurlClient
+    /// The mesh service, when `node.mesh` is on.
+    public let mesh: MeshService?
     let logger: Logger
     private let state = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, any Error>], group: ServiceGroup?, failed: (any Error)?)>((nil, [], nil, nil))
 
@@ -81,7 +84,31 @@ public final class NodeRuntime: Sendable {
             }
         }
         self.ledger = ledger
-        self.gateway = Gateway(configuration: configuration, client: client, ledger: ledger, logger: logger, initialSpend: spend)
+        let metrics = NodeMetrics()
+        var mesh: MeshService?
+        if MeshSetup.wanted(configuration) {
+            mesh = try MeshSetup.make(configuration: configuration, dataDir: dataDir, logger: logger, metrics: metrics)
+        }
+        self.mesh = mesh
+        var meshStatus: (@Sendable () -> JSON)?
+        var meshTable: (@Sendable () -> JSON)?
+        if let service = mesh {
+            meshStatus = { MeshSetup.statusJSON(service) }
+            meshTable = { MeshSetup.tableJSON(service) }
+        }
+        let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger,
+                              meshStatus: meshStatus, meshTable: meshTable, initialSpend: spend)
+        self.gateway = gateway
+        if let mesh {
+            let listen = configuration.server.listenAddr
+            let advertised = configuration.node.mesh.advertiseAPI
+            mesh.setRecordContent(MeshSetup.recordContent(gateway: gateway, configuration: configuration, apiAddress: { [weak self] in
+                if let advertised { return advertised }
+                let port = self?.port ?? listen.port
+                let host = listen.host == "0.0.0.0" || listen.host == "::" ? "127.0.0.1" : listen.host
+                return "http://\(host):\(port)"
+            }, gpus: GPUProbe()))
+        }
     }
 
     static func makeDirectory(_ path: String) throws {
@@ -142,6 +169,7 @@ public final class NodeRuntime: Sendable {
             }
             services.append(.init(service: Application(router: metricsRouter, configuration: .init(address: .hostname(listen.host, port: metricsPort)), logger: logger)))
         }
+        if let mesh { services.append(.init(service: mesh)) }
         services.append(.init(service: app))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger))
         state.withLock { $0.group = group }

@@ -184,14 +184,14 @@ struct SectionParser {
         }
     }
 
-    func parsePeers(_ field: Field) -> [PeerAddress] {
-        if case .scalar = field.node { return (reader.stringList(field) ?? []).map { PeerAddress(address: $0) } }
+    func parsePeers(_ field: Field) -> [SeedPeer] {
+        if case .scalar = field.node { return (reader.stringList(field) ?? []).map { SeedPeer(address: $0) } }
         guard let items = reader.sequence(field) else { return [] }
-        var peers: [PeerAddress] = []
+        var peers: [SeedPeer] = []
         for item in items {
             if case .mapping = item.node {
                 guard let members = reader.mapping(item, allowed: ["id", "addr", "address", "priority"]) else { continue }
-                var peer = PeerAddress(address: "")
+                var peer = SeedPeer(address: "")
                 for (key, value) in members {
                     switch key {
                     case "id": peer.id = reader.string(value)
@@ -205,7 +205,7 @@ struct SectionParser {
                 if HostPort(parsing: text) == nil {
                     reader.error(item, "expected HOST:PORT, found '\(text)'")
                 } else {
-                    peers.append(PeerAddress(address: text))
+                    peers.append(SeedPeer(address: text))
                 }
             }
         }

@@ -81,7 +81,7 @@ public struct NodeSection: Sendable {
     public var resolvedDataDir: String { dataDir ?? "./data/\(id)" }
 }
 
-public struct PeerAddress: Sendable, Hashable {
+public struct SeedPeer: Sendable, Hashable {
     public var address: String
     public var id: String?
     public var priority: Int?
@@ -100,7 +100,7 @@ public struct MeshSection: Sendable {
     public var advertiseAddr: HostPort?
     /// Where peers reach this node's HTTP API; defaults to the server's listen address.
     public var advertiseAPI: String?
-    public var peers: [PeerAddress] = []
+    public var peers: [SeedPeer] = []
     public var trustMode: TrustMode = .open
     public var adminPublicKey: String?
     public var certificatePath: String?

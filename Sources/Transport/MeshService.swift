@@ -1,0 +1,577 @@
+import Logging
+import MeshCore
+import MeshState
+import Membership
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Sodium
+import Synchronization
+import Wire
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Settings the service needs (built by the node from `node.mesh`).
+public struct MeshServiceSettings: Sendable {
+    public var listenHost: String
+    public var listenPort: Int
+    /// What peers are told to use (defaults to the bound address; 0.0.0.0 becomes 127.0.0.1).
+    public var advertise: PeerAddress?
+    public var seeds: [PeerAddress]
+    public var meshKeys: [Packet.MeshKey]
+    public var swim: SwimSettings
+    public var agent: AgentSettings
+    public var recordTTL: Duration
+    /// How often the own record is rebuilt and, if anything material changed, re-advertised.
+    public var readvertiseCheck: Duration = .seconds(1)
+    public var tcpTimeout: Duration = .seconds(5)
+
+    public init(listenHost: String, listenPort: Int, advertise: PeerAddress? = nil, seeds: [PeerAddress] = [], meshKeys: [Packet.MeshKey] = [],
+                swim: SwimSettings = SwimSettings(), agent: AgentSettings = AgentSettings(), recordTTL: Duration = .seconds(300)) {
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.advertise = advertise
+        self.seeds = seeds
+        self.meshKeys = meshKeys
+        self.swim = swim
+        self.agent = agent
+        self.recordTTL = recordTTL
+    }
+}
+
+/// Builds this node's capability record content (everything but origin, version, times and addresses).
+public typealias RecordContent = @Sendable () -> CapabilityRecord
+
+/// The mesh shell: UDP for SWIM and gossip, TCP for push-pull and large messages, both on one
+/// port; signatures, sealing, trust and rejection counting around the pure `MeshAgent`.
+public final class MeshService: Service, Sendable {
+    struct State: Sendable {
+        var agent: MeshAgent<TableStore>
+        var ownVersion: UInt64
+        var lastFingerprint: [UInt8] = []
+        var lastPublishMillis: Int64 = 0
+        var rejections: [String: Int] = [:]
+        var lastRejectionLog: [String: Int64] = [:]
+        var rtt: [NodeID: Duration] = [:]
+        var started = false
+    }
+
+    public let identity: Ed25519.KeyPair
+    public let certificate: [UInt8]
+    public let settings: MeshServiceSettings
+    let logger: Logger
+    let state: Mutex<State>
+    let persistence: MeshPersistence?
+    let content: Mutex<RecordContent?> = Mutex(nil)
+    let group: MultiThreadedEventLoopGroup
+    let udp: Mutex<(any Channel)?> = Mutex(nil)
+    let tcp: Mutex<(any Channel)?> = Mutex(nil)
+    let boundPortBox: Mutex<Int?> = Mutex(nil)
+    let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
+    let origin = ContinuousClock.now
+    let stopping = Atomic<Bool>(false)
+    /// Called for every refused packet or record (reason), for metrics.
+    let onRejection: @Sendable (String) -> Void
+    let onEvent: @Sendable (String, NodeID) -> Void
+
+    public init(identity: Ed25519.KeyPair, certificate: [UInt8], trust: TrustStore, settings: MeshServiceSettings, persistence: MeshPersistence?,
+                logger: Logger, onRejection: @escaping @Sendable (String) -> Void = { _ in }, onEvent: @escaping @Sendable (String, NodeID) -> Void = { _, _ in }) {
+        self.identity = identity
+        self.certificate = certificate
+        self.settings = settings
+        self.logger = logger
+        self.persistence = persistence
+        self.onRejection = onRejection
+        self.onEvent = onEvent
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let wall = wallMillis()
+        let incarnation = persistence?.nextMonotonic("incarnation", floor: UInt64(wall / 1000)) ?? UInt64(wall / 1000)
+        let version = persistence?.value("record_version") ?? 0
+        let address = settings.advertise ?? PeerAddress(host: settings.listenHost == "0.0.0.0" ? "127.0.0.1" : settings.listenHost, port: UInt16(settings.listenPort))
+        var swimSettings = settings.swim
+        swimSettings.maxPacketPayload = WireLimits.maxUDPPacket - Packet.overhead(sealed: !settings.meshKeys.isEmpty)
+        let swim = Swim(me: identity.nodeID, address: address, incarnation: incarnation, certificate: certificate, settings: swimSettings,
+                        seed: UInt64(bitPattern: wall) ^ identity.nodeID.d)
+        var store = TableStore(trust: trust)
+        store.wallNowMillis = wall
+        if !certificate.isEmpty { try? store.trust.admit(certificateBytes: certificate, for: identity.nodeID, nowMillis: wall) }
+        let agent = MeshAgent(swim: swim, store: store, settings: settings.agent, seed: identity.nodeID.c)
+        self.state = Mutex(State(agent: agent, ownVersion: version))
+    }
+
+    /// Supplies what the own record says (models, prices, load, health); called at each re-advertise check.
+    public func setRecordContent(_ content: @escaping RecordContent) { self.content.withLock { $0 = content } }
+
+    public var nodeID: NodeID { identity.nodeID }
+    public var boundPort: Int? { boundPortBox.withLock { $0 } }
+    var now: Duration { ContinuousClock.now - origin }
+
+    // MARK: Lifecycle
+
+    public func run() async throws {
+        try await start()
+        await withGracefulShutdownHandler {
+            await self.loop()
+        } onGracefulShutdown: {
+            self.stopping.store(true, ordering: .relaxed)
+        }
+        await leave()
+        await stop()
+    }
+
+    /// Binds UDP and TCP and joins; `run()` calls it, tests may call it directly.
+    public func start() async throws {
+        let udpChannel = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in channel.pipeline.addHandler(UDPHandler(service: self)) }
+            .bind(host: settings.listenHost, port: settings.listenPort).get()
+        let port = udpChannel.localAddress?.port ?? settings.listenPort
+        let tcpChannel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.pipeline.addHandler(ByteToMessageHandler(FrameDecoder())).flatMap { channel.pipeline.addHandler(TCPServerHandler(service: self)) }
+            }
+            .bind(host: settings.listenHost, port: port).get()
+        udp.withLock { $0 = udpChannel }
+        tcp.withLock { $0 = tcpChannel }
+        boundPortBox.withLock { $0 = port }
+        if settings.advertise == nil && settings.listenPort == 0 {
+            state.withLock { $0.agent.swim.readvertise(address: PeerAddress(host: $0.agent.swim.address.host, port: UInt16(port))) }
+        }
+        readvertiseIfChanged(force: true)
+        let seeds = (settings.seeds + (persistence?.knownPeers() ?? [])).filter { $0 != self.address }
+        var unique: [PeerAddress] = []
+        for seed in seeds where !unique.contains(seed) { unique.append(seed) }
+        let outputs = state.withLock { state in
+            state.started = true
+            return state.agent.join(seeds: unique, now: self.now)
+        }
+        perform(outputs)
+        logger.notice("mesh listening", metadata: ["node": "\(nodeID.short)", "gossip": "\(address)", "seeds": "\(unique.map(\.description).joined(separator: ","))"])
+    }
+
+    public var address: PeerAddress { state.withLock { $0.agent.swim.address } }
+
+    func loop() async {
+        var lastCheck = ContinuousClock.now
+        var lastPersist = ContinuousClock.now
+        while !stopping.load(ordering: .relaxed) {
+            try? await Task.sleep(for: .milliseconds(10))
+            let outputs = state.withLock { state -> [AgentOutput] in
+                state.agent.store.wallNowMillis = wallMillis()
+                return state.agent.tick(now: self.now)
+            }
+            perform(outputs)
+            drainRejections()
+            if ContinuousClock.now - lastCheck >= settings.readvertiseCheck {
+                lastCheck = .now
+                readvertiseIfChanged(force: false)
+            }
+            if ContinuousClock.now - lastPersist >= .seconds(5) {
+                lastPersist = .now
+                let peers = members().filter { $0.status == .alive }.map { (address: $0.address, node: $0.id) }
+                persistence?.rememberPeers(peers, nowMillis: wallMillis())
+            }
+        }
+    }
+
+    /// Graceful leave: tells peers, so they mark this node `left` at once instead of suspecting it.
+    public func leave() async {
+        stopping.store(true, ordering: .relaxed)
+        let outputs = state.withLock { $0.agent.swim.leave(now: self.now) }
+        perform(outputs.map(AgentOutput.swim))
+        // Let the datagrams leave before the socket closes.
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+
+    public func stop() async {
+        stopping.store(true, ordering: .relaxed)
+        let channels = [udp.withLock { $0 }, tcp.withLock { $0 }].compactMap { $0 }
+        for channel in channels { try? await channel.close() }
+        try? await group.shutdownGracefully()
+        persistence?.close()
+    }
+
+    // MARK: Own record
+
+    /// Rebuilds the own record; publishes it when something material changed, or when it is a
+    /// third of its lifetime old.
+    func readvertiseIfChanged(force: Bool) {
+        guard let build = content.withLock({ $0 }) else { return }
+        var record = build()
+        let wall = wallMillis()
+        let address = self.address
+        record.origin = nodeID
+        record.gossipAddress = address
+        let fingerprint = CapabilityRecord(origin: nodeID, version: 0, issuedAtMillis: 0, expiresAtMillis: 0, apiAddress: record.apiAddress, gossipAddress: address,
+                                           name: record.name, region: record.region, nodeType: record.nodeType, models: record.models,
+                                           maxConcurrency: record.maxConcurrency, inFlight: record.inFlight / 4, queued: record.queued / 4,
+                                           gpus: record.gpus.map { var g = $0; g.memoryUsedMB /= 1024; g.utilizationPercent /= 25; return g },
+                                           providers: record.providers.map { .init(name: $0.name, kind: $0.kind, up: $0.up, errorRate: ($0.errorRate * 10).rounded(), latencyMillis: 0) }).canonicalBytes
+        let ttlMillis = Int64(settings.recordTTL.components.seconds * 1000)
+        let due = state.withLock { state -> Bool in
+            force || fingerprint != state.lastFingerprint || wall - state.lastPublishMillis >= ttlMillis / 3
+        }
+        guard due else { return }
+        let version = persistence?.nextMonotonic("record_version", floor: UInt64(wall)) ?? UInt64(wall)
+        record.version = version
+        record.incarnation = state.withLock { $0.agent.swim.incarnation }
+        record.issuedAtMillis = wall
+        record.expiresAtMillis = wall + ttlMillis
+        let bytes = record.signed(by: identity)
+        state.withLock { state in
+            state.agent.store.wallNowMillis = wall
+            state.ownVersion = version
+            state.lastFingerprint = fingerprint
+            state.lastPublishMillis = wall
+            _ = state.agent.publish(bytes, now: self.now)
+        }
+    }
+
+    // MARK: Receiving
+
+    /// A datagram from `source`.
+    func receive(datagram bytes: [UInt8], source: PeerAddress) {
+        guard !stopping.load(ordering: .relaxed) else { return }
+        let decoded: Packet.Decoded
+        do {
+            decoded = try Packet.decode(bytes, meshKeys: settings.meshKeys)
+        } catch {
+            reject(error.reason, detail: "\(error) from \(source)")
+            return
+        }
+        guard decoded.sender != nodeID, let messages = admit(decoded, source: source) else { return }
+        let outputs = state.withLock { state in
+            state.agent.store.wallNowMillis = wallMillis()
+            let rttProbe = state.agent.swim.pendingProbeStart(for: messages)
+            let out = state.agent.receive(messages, from: decoded.sender, source: source, now: self.now)
+            if let (target, started) = rttProbe {
+                let sample = self.now - started
+                state.rtt[target] = state.rtt[target].map { $0 * 0.8 + sample * 0.2 } ?? sample
+            }
+            return out
+        }
+        perform(outputs)
+        drainRejections()
+    }
+
+    /// Trust checks on a decoded packet: learns certificates from alive messages, refuses untrusted
+    /// senders, filters alive/member entries of untrusted nodes, applies revocations.
+    func admit(_ decoded: Packet.Decoded, source: PeerAddress) -> [MeshMessage]? {
+        let wall = wallMillis()
+        return state.withLock { state -> [MeshMessage]? in
+            for message in decoded.messages {
+                switch message {
+                case .alive(let alive) where !alive.certificate.isEmpty:
+                    do throws(Rejection) { try state.agent.store.trust.admit(certificateBytes: alive.certificate, for: alive.node, nowMillis: wall) } catch { note(&state, error.rawValue) }
+                case .members(let members):
+                    for member in members where !member.alive.certificate.isEmpty {
+                        do throws(Rejection) { try state.agent.store.trust.admit(certificateBytes: member.alive.certificate, for: member.alive.node, nowMillis: wall) } catch { note(&state, error.rawValue) }
+                    }
+                case .revocation(let bytes):
+                    do throws(Rejection) {
+                        if try state.agent.store.trust.apply(revocationBytes: bytes), let revocation = try? Revocation(bytes: bytes) {
+                            state.agent.swim.broadcast(.revocation(bytes), key: .revocation(revocation.node))
+                            _ = state.agent.store.table.prune(trust: state.agent.store.trust, nowMillis: wall, keep: self.nodeID)
+                            self.logger.warning("node revoked by the mesh admin", metadata: ["node": "\(revocation.node.short)"])
+                        }
+                    } catch { note(&state, error.rawValue) }
+                default:
+                    continue
+                }
+            }
+            do throws(Rejection) {
+                try state.agent.store.trust.check(decoded.sender, nowMillis: wall)
+            } catch {
+                note(&state, error.rawValue)
+                return nil
+            }
+            let trust = state.agent.store.trust
+            return decoded.messages.compactMap { message -> MeshMessage? in
+                switch message {
+                case .alive(let alive):
+                    if trust.isTrusted(alive.node, nowMillis: wall) || alive.node == self.nodeID { return message }
+                    note(&state, Rejection.untrustedKey.rawValue)
+                    return nil
+                case .members(let members):
+                    return .members(members.filter { trust.isTrusted($0.alive.node, nowMillis: wall) || $0.alive.node == self.nodeID })
+                default:
+                    return message
+                }
+            }
+        }
+    }
+
+    func note(_ state: inout State, _ reason: String) {
+        state.rejections[reason, default: 0] += 1
+    }
+
+    func drainRejections() {
+        let (reasons, tableRejections) = state.withLock { state -> ([String: Int], [Rejection]) in
+            defer { state.rejections = [:]; state.agent.store.rejections = [] }
+            return (state.rejections, state.agent.store.rejections)
+        }
+        for (reason, count) in reasons { for _ in 0..<count { reject(reason, detail: nil) } }
+        for reason in tableRejections { reject(reason.rawValue, detail: "record refused") }
+    }
+
+    /// Counts a refusal and logs it at most once per reason every 10 seconds.
+    func reject(_ reason: String, detail: String?) {
+        onRejection(reason)
+        let wall = wallMillis()
+        let shouldLog = state.withLock { state -> Bool in
+            if let last = state.lastRejectionLog[reason], wall - last < 10_000 { return false }
+            state.lastRejectionLog[reason] = wall
+            return true
+        }
+        if shouldLog { logger.warning("gossip refused", metadata: ["reason": "\(reason)", "detail": "\(detail ?? "")"]) }
+    }
+
+    /// A TCP frame: a push-pull opening (has `members`) gets the reply; anything else is received like a datagram.
+    func receive(frame bytes: [UInt8], source: PeerAddress) -> [UInt8]? {
+        let decoded: Packet.Decoded
+        do {
+            decoded = try Packet.decode(bytes, meshKeys: settings.meshKeys, maxBytes: WireLimits.maxTCPFrame)
+        } catch {
+            reject(error.reason, detail: "\(error) from \(source) (tcp)")
+            return nil
+        }
+        guard decoded.sender != nodeID, let messages = admit(decoded, source: source) else { return nil }
+        let isPushPull = messages.contains { if case .members = $0 { return true } else { return false } }
+        if isPushPull {
+            let (reply, outputs) = state.withLock { state in
+                state.agent.store.wallNowMillis = wallMillis()
+                return state.agent.answerPushPull(messages, now: self.now)
+            }
+            perform(outputs)
+            drainRejections()
+            return Packet.encode(reply, signer: identity, meshKey: settings.meshKeys.first)
+        }
+        let outputs = state.withLock { state in
+            state.agent.store.wallNowMillis = wallMillis()
+            return state.agent.receive(messages, from: decoded.sender, source: source, now: self.now)
+        }
+        perform(outputs)
+        drainRejections()
+        return nil
+    }
+
+    // MARK: Sending
+
+    func perform(_ outputs: [AgentOutput]) {
+        for output in outputs {
+            switch output {
+            case .swim(.send(let to, let messages)):
+                sendDatagram(messages, to: to)
+            case .swim(.sendReliable(let to, let messages)):
+                let packet = Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first)
+                Task { _ = try? await self.exchange(packet, with: to, expectReply: false) }
+            case .swim(.changed(let node, _, let status)):
+                logger.info("member \(status)", metadata: ["node": "\(node.short)"])
+                onEvent(status.description, node)
+            case .swim(.removed(let node)):
+                onEvent("removed", node)
+            case .pushPull(let to):
+                Task { await self.pushPull(with: to) }
+            case .recordAccepted(let origin):
+                onEvent("record", origin)
+            }
+        }
+    }
+
+    func sendDatagram(_ messages: [MeshMessage], to peer: PeerAddress) {
+        guard let channel = udp.withLock({ $0 }), let address = resolve(peer) else { return }
+        let packet = Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first)
+        var buffer = channel.allocator.buffer(capacity: packet.count)
+        buffer.writeBytes(packet)
+        channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+    }
+
+    func resolve(_ peer: PeerAddress) -> SocketAddress? {
+        if let known = resolved.withLock({ $0[peer] }) { return known }
+        guard let address = try? SocketAddress.makeAddressResolvingHost(peer.host, port: Int(peer.port)) else { return nil }
+        resolved.withLock { $0[peer] = address }
+        return address
+    }
+
+    func pushPull(with peer: PeerAddress) async {
+        let request = state.withLock { $0.agent.pushPullRequest() }
+        let packet = Packet.encode(request, signer: identity, meshKey: settings.meshKeys.first)
+        do {
+            guard let replyBytes = try await exchange(packet, with: peer, expectReply: true) else { return }
+            let decoded = try Packet.decode(replyBytes, meshKeys: settings.meshKeys, maxBytes: WireLimits.maxTCPFrame)
+            guard let messages = admit(decoded, source: peer) else { return }
+            let (final, outputs) = state.withLock { state in
+                state.agent.store.wallNowMillis = wallMillis()
+                return state.agent.finishPushPull(messages, now: self.now)
+            }
+            perform(outputs)
+            drainRejections()
+            if !final.isEmpty {
+                _ = try? await exchange(Packet.encode(final, signer: identity, meshKey: settings.meshKeys.first), with: peer, expectReply: false)
+            }
+        } catch let error as WireError {
+            reject(error.reason, detail: "\(error) from \(peer) (push-pull reply)")
+        } catch {
+            logger.debug("push-pull failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Sends one frame over a fresh TCP connection and, if asked, reads one frame back (bounded in time).
+    func exchange(_ packet: [UInt8], with peer: PeerAddress, expectReply: Bool) async throws -> [UInt8]? {
+        guard let address = resolve(peer) else { return nil }
+        let loop = group.next()
+        let reply = loop.makePromise(of: [UInt8]?.self)
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: loop)
+                .connectTimeout(.milliseconds(Int64(settings.tcpTimeout.components.seconds * 1000)))
+                .channelInitializer { channel in
+                    channel.pipeline.addHandler(ByteToMessageHandler(FrameDecoder())).flatMap { channel.pipeline.addHandler(TCPClientHandler(reply: reply, expectReply: expectReply)) }
+                }
+                .connect(to: address).get()
+        } catch {
+            // The handler never ran: complete the promise here (NIO insists every promise ends).
+            reply.fail(error)
+            _ = try? await reply.futureResult.get()
+            throw error
+        }
+        var buffer = channel.allocator.buffer(capacity: packet.count + 4)
+        buffer.writeBytes(Frame.wrap(packet))
+        try await channel.writeAndFlush(buffer)
+        if !expectReply {
+            try? await channel.close()
+            return nil
+        }
+        // Closing ends the wait: the handler then answers nil.
+        let timeout = channel.eventLoop.scheduleTask(in: .milliseconds(Int64(settings.tcpTimeout.components.seconds * 1000))) {
+            channel.close(promise: nil)
+        }
+        defer { timeout.cancel() }
+        let result = try await reply.futureResult.get()
+        try? await channel.close()
+        return result
+    }
+
+    // MARK: Views
+
+    public func members() -> [Member] { state.withLock { Array($0.agent.swim.members.values) }.sorted { $0.id < $1.id } }
+
+    public func records() -> [RecordTable.Entry] { state.withLock { Array($0.agent.store.table.entries.values) }.sorted { $0.record.origin < $1.record.origin } }
+
+    public func roundTrip(to node: NodeID) -> Duration? { state.withLock { $0.rtt[node] } }
+
+    public var incarnation: UInt64 { state.withLock { $0.agent.swim.incarnation } }
+
+    public var trust: TrustStore { state.withLock { $0.agent.store.trust } }
+
+    /// Forces a re-advertise now (tests, and the node when its providers change).
+    public func readvertise() { readvertiseIfChanged(force: true) }
+}
+
+func wallMillis() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
+}
+
+extension SocketAddress {
+    var peerAddress: PeerAddress? {
+        guard let ip = ipAddress, let port else { return nil }
+        return PeerAddress(host: ip, port: UInt16(port))
+    }
+}
+
+// MARK: NIO handlers
+
+final class UDPHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    let service: MeshService
+    init(service: MeshService) { self.service = service }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard let source = envelope.remoteAddress.peerAddress else { return }
+        let bytes = Array(envelope.data.readableBytesView)
+        service.receive(datagram: bytes, source: source)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // ICMP port unreachable and the like: nothing to do for a datagram socket.
+    }
+}
+
+/// Splits the TCP stream into frames (u32 length, bounded).
+struct FrameDecoder: ByteToMessageDecoder {
+    typealias InboundOut = [UInt8]
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
+        guard Int(length) <= WireLimits.maxTCPFrame else { throw WireError.oversized("frame") }
+        guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 4)
+        let bytes = buffer.readBytes(length: Int(length)) ?? []
+        context.fireChannelRead(wrapInboundOut(bytes))
+        return .continue
+    }
+}
+
+final class TCPServerHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = [UInt8]
+    typealias OutboundOut = ByteBuffer
+    let service: MeshService
+    init(service: MeshService) { self.service = service }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        guard let source = context.remoteAddress?.peerAddress else { return }
+        if let reply = service.receive(frame: bytes, source: source) {
+            var buffer = context.channel.allocator.buffer(capacity: reply.count + 4)
+            buffer.writeBytes(Frame.wrap(reply))
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? WireError { service.reject(error.reason, detail: "\(error) (tcp)") }
+        context.close(promise: nil)
+    }
+}
+
+/// Completes its promise exactly once: with the first frame, or nil when the connection ends first.
+final class TCPClientHandler: ChannelInboundHandler {
+    typealias InboundIn = [UInt8]
+    let reply: EventLoopPromise<[UInt8]?>
+    let expectReply: Bool
+    var done = false
+    init(reply: EventLoopPromise<[UInt8]?>, expectReply: Bool) {
+        self.reply = reply
+        self.expectReply = expectReply
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !done else { return }
+        done = true
+        reply.succeed(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            reply.succeed(nil)
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !done {
+            done = true
+            reply.fail(error)
+        }
+        context.close(promise: nil)
+    }
+}
