@@ -68,10 +68,12 @@ public final class Gateway: Sendable {
     let meshStatus: (@Sendable () -> JSON)?
     /// Optional: `/aiproxy/mesh/table` (the mesh's signed record table).
     let meshTable: (@Sendable () -> JSON)?
+    /// Optional: takes an admin-signed revocation (file text) and gossips it; returns an error message or nil.
+    public let meshRevoke: (@Sendable (String) -> String?)?
 
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
-                initialSpend: (day: Double, month: Double) = (0, 0)) {
+                meshRevoke: (@Sendable (String) -> String?)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -89,6 +91,7 @@ public final class Gateway: Sendable {
         self.remote = remote
         self.meshStatus = meshStatus
         self.meshTable = meshTable
+        self.meshRevoke = meshRevoke
     }
 
     /// The Hummingbird router with every endpoint.
@@ -123,6 +126,17 @@ public final class Gateway: Sendable {
                                 message: "this node is not in a mesh; set node.mesh.enabled (or --gossip-listen / --peers)").response()
             }
             return JSONResponse.make(table())
+        }
+        router.post("/aiproxy/mesh/revocations") { request, _ in
+            guard let revoke = self.meshRevoke else {
+                return APIError(status: 404, type: "not_found", code: "mesh_disabled", message: "this node is not in a mesh").response()
+            }
+            var request = request
+            guard let buffer = try? await request.collectBody(upTo: 4096) else { return APIError.tooLarge(limit: 4096).response() }
+            if let problem = revoke(String(decoding: buffer.readableBytesView, as: UTF8.self)) {
+                return APIError.badRequest(problem).response()
+            }
+            return JSONResponse.make(["accepted": true])
         }
         router.get("/aiproxy/routes") { _, _ in JSONResponse.make(self.routesJSON()) }
         router.get("/aiproxy/ledger/status") { _, _ in JSONResponse.make(self.ledgerStatusJSON()) }

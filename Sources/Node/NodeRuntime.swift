@@ -92,12 +92,14 @@ public final class NodeRuntime: Sendable {
         self.mesh = mesh
         var meshStatus: (@Sendable () -> JSON)?
         var meshTable: (@Sendable () -> JSON)?
+        var meshRevoke: (@Sendable (String) -> String?)?
         if let service = mesh {
             meshStatus = { MeshSetup.statusJSON(service) }
             meshTable = { MeshSetup.tableJSON(service) }
+            meshRevoke = { text in service.submitRevocation(text: text) }
         }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger,
-                              meshStatus: meshStatus, meshTable: meshTable, initialSpend: spend)
+                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr

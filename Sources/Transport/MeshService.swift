@@ -115,7 +115,7 @@ public final class MeshService: Service, Sendable {
     public func run() async throws {
         try await start()
         await withGracefulShutdownHandler {
-            await self.loop()
+            await self.runLoop()
         } onGracefulShutdown: {
             self.stopping.store(true, ordering: .relaxed)
         }
@@ -156,7 +156,8 @@ public final class MeshService: Service, Sendable {
 
     public var address: PeerAddress { state.withLock { $0.agent.swim.address } }
 
-    func loop() async {
+    /// Ticks the agent until `stop()` or `leave()` (what `run()` does after `start()`).
+    public func runLoop() async {
         var lastCheck = ContinuousClock.now
         var lastPersist = ContinuousClock.now
         while !stopping.load(ordering: .relaxed) {
@@ -468,6 +469,23 @@ public final class MeshService: Service, Sendable {
     public var incarnation: UInt64 { state.withLock { $0.agent.swim.incarnation } }
 
     public var trust: TrustStore { state.withLock { $0.agent.store.trust } }
+
+    /// Applies an admin-signed revocation handed in by an operator and gossips it. Returns a problem, or nil.
+    public func submitRevocation(text: String) -> String? {
+        let revocation: Revocation
+        do { revocation = try Revocation(fileText: text) } catch { return "not an aimesh revocation (\(error.rawValue))" }
+        let wall = wallMillis()
+        return state.withLock { state -> String? in
+            do throws(Rejection) {
+                _ = try state.agent.store.trust.apply(revocationBytes: revocation.bytes)
+            } catch {
+                return error == .untrustedKey ? "the revocation is not signed by this mesh's admin key (or the mesh is in open trust mode)" : "refused: \(error.rawValue)"
+            }
+            state.agent.swim.broadcast(.revocation(revocation.bytes), key: .revocation(revocation.node))
+            _ = state.agent.store.table.prune(trust: state.agent.store.trust, nowMillis: wall, keep: self.nodeID)
+            return nil
+        }
+    }
 
     /// Forces a re-advertise now (tests, and the node when its providers change).
     public func readvertise() { readvertiseIfChanged(force: true) }

@@ -1,0 +1,186 @@
+import ArgumentParser
+import CurlHTTP
+import MeshCore
+import MeshState
+import Sodium
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+struct IDCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "id",
+        abstract: "Print this node's id (its public key), creating the key in the data directory if needed."
+    )
+
+    @Option(name: .long, help: "The node's data directory (node.data_dir).")
+    var dataDir: String = "./data/aimesh-node"
+
+    func run() throws {
+        do {
+            let (pair, created) = try KeyFile.loadOrCreate(path: "\(dataDir)/node.key", kind: "node")
+            if created { printError("created \(dataDir)/node.key (mode 0600)") }
+            print(pair.nodeID.hex)
+        } catch {
+            printError("aimesh: \(error.description)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct MeshCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mesh",
+        abstract: "Administer a mesh: its admin key, node certificates, revocations and shared secrets.",
+        subcommands: [Init.self, Admit.self, Revoke.self, Keygen.self]
+    )
+
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a mesh admin key (keep admin.key offline; give admin.pub to every node).")
+
+        @Option(name: .long, help: "Directory for admin.key and admin.pub.")
+        var out: String
+
+        func run() throws {
+            let keyPath = "\(out)/admin.key"
+            guard access(keyPath, F_OK) != 0 else {
+                printError("aimesh: \(keyPath) exists already; refusing to replace a mesh admin key")
+                throw ExitCode(1)
+            }
+            do {
+                let (pair, _) = try KeyFile.loadOrCreate(path: keyPath, kind: "admin")
+                _ = writeSmallFile("\(out)/admin.pub", pair.nodeID.hex + "\n")
+                print(pair.nodeID.hex)
+                printError("""
+                    wrote \(keyPath) (mode 0600) and \(out)/admin.pub
+                    every node's config:  node.mesh.trust: { mode: ca, admin_public_key: "\(pair.nodeID.hex)", certificate: ./node.cert }
+                    admit a node:         aimesh mesh admit NODE_ID --name NAME --admin-key \(keyPath) --out node.cert
+                    """)
+            } catch {
+                printError("aimesh: \(error.description)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Admit: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Sign a certificate admitting a node (by the id `aimesh id` printed).")
+
+        @Argument(help: "The node's public key (64 hex digits).")
+        var node: String
+
+        @Option(name: .long, help: "A name for the node.")
+        var name: String
+
+        @Option(name: .long, help: "How long the certificate is valid: 90d, 12h, 30m.")
+        var expires: String = "90d"
+
+        @Option(name: .long, help: "The mesh admin key file.")
+        var adminKey: String = "./mesh-admin/admin.key"
+
+        @Option(name: .long, help: "Where to write the certificate.")
+        var out: String = "./node.cert"
+
+        func run() throws {
+            guard let id = NodeID(hex: node) else { throw ValidationError("NODE_PUBKEY must be 64 hex digits, as `aimesh id` prints it") }
+            guard let lifetime = parseLifetime(expires) else { throw ValidationError("--expires takes a duration such as 90d, 12h or 30m") }
+            let admin: Ed25519.KeyPair
+            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
+                printError("aimesh: \(error.description)")
+                throw ExitCode(1)
+            }
+            let now = wallMillis()
+            let certificate = Certificate.issue(node: id, name: name, issuedAtMillis: now, expiresAtMillis: now + lifetime, admin: admin)
+            guard writeSmallFile(out, certificate.fileText) else {
+                printError("aimesh: cannot write \(out)")
+                throw ExitCode(1)
+            }
+            print("admitted \(id.short) as \(name) until \(isoDate(now + lifetime)); certificate in \(out)")
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Sign a revocation of a node; give it to any node (--node URL, or POST the file to /aiproxy/mesh/revocations) and it gossips to all.")
+
+        @Argument(help: "The node's public key (64 hex digits).")
+        var node: String
+
+        @Option(name: .long, help: "The mesh admin key file.")
+        var adminKey: String = "./mesh-admin/admin.key"
+
+        @Option(name: .long, help: "Where to write the revocation.")
+        var out: String = "./revocation"
+
+        @Option(name: .customLong("node"), help: "Also hand it to this node's API (e.g. http://127.0.0.1:8080), which gossips it to the mesh.")
+        var nodeURL: String?
+
+        @Option(name: .long, help: "API key for --node (default: $AIMESH_API_KEY).")
+        var apiKey: String?
+
+        func run() async throws {
+            guard let id = NodeID(hex: node) else { throw ValidationError("NODE_PUBKEY must be 64 hex digits") }
+            let admin: Ed25519.KeyPair
+            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
+                printError("aimesh: \(error.description)")
+                throw ExitCode(1)
+            }
+            let revocation = Revocation.issue(node: id, issuedAtMillis: wallMillis(), admin: admin)
+            guard writeSmallFile(out, revocation.fileText) else {
+                printError("aimesh: cannot write \(out)")
+                throw ExitCode(1)
+            }
+            print("revoked \(id.short); revocation in \(out)")
+            if let node = nodeURL {
+                let (status, body) = try await postText(url: node + "/aiproxy/mesh/revocations", text: revocation.fileText, apiKey: apiKey)
+                guard status == 200 else {
+                    printError("aimesh: \(node) refused the revocation (\(status)): \(body)")
+                    throw ExitCode(1)
+                }
+                print("\(node) accepted it; it now spreads through the mesh")
+            }
+        }
+    }
+
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a new random mesh secret for node.mesh.secret_keys (put the new one first to rotate).")
+        func run() { print(ByteEncoding.hex(Sodium.randomBytes(32))) }
+    }
+}
+
+/// POSTs text to a node's API and returns the status and body text.
+func postText(url: String, text: String, apiKey: String?) async throws -> (Int, String) {
+    let client = CurlClient()
+    defer { client.shutdown() }
+    var headers: [(name: String, value: String)] = [("Content-Type", "text/plain")]
+    if let key = apiKey ?? getenv("AIMESH_API_KEY").map({ String(cString: $0) }) { headers.append(("Authorization", "Bearer \(key)")) }
+    let (head, body) = try await client.send(.post(url, json: Array(text.utf8), headers: headers, timeouts: Timeouts(connect: .seconds(5), firstByte: .seconds(30))))
+    return (head.status, String(decoding: body, as: UTF8.self))
+}
+
+func parseLifetime(_ text: String) -> Int64? {
+    guard let unit = text.last, let value = Int64(text.dropLast()), value > 0 else { return nil }
+    switch unit {
+    case "d": return value * 86_400_000
+    case "h": return value * 3_600_000
+    case "m": return value * 60_000
+    case "s": return value * 1000
+    default: return nil
+    }
+}
+
+func wallMillis() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
+}
+
+func isoDate(_ millis: Int64) -> String {
+    var seconds = time_t(millis / 1000)
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+}

@@ -1,0 +1,215 @@
+import Logging
+import MeshCore
+import MeshState
+import Membership
+import NIOCore
+import NIOPosix
+import Sodium
+import Synchronization
+import Testing
+import Transport
+import Wire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real UDP and TCP sockets on 127.0.0.1, several mesh services in this process, fast SWIM timings.
+@Suite(.timeLimit(.minutes(1)), .serialized)
+struct MeshTransportTests {
+    final class Counter: Sendable {
+        let counts = Mutex<[String: Int]>([:])
+        func add(_ key: String) { counts.withLock { $0[key, default: 0] += 1 } }
+        func value(_ key: String) -> Int { counts.withLock { $0[key] ?? 0 } }
+    }
+
+    struct Started {
+        let service: MeshService
+        let rejections: Counter
+        let dataDir: String
+        let key: Ed25519.KeyPair
+    }
+
+    static var fast: SwimSettings {
+        var swim = SwimSettings()
+        swim.probeInterval = .milliseconds(200)
+        swim.probeTimeout = .milliseconds(80)
+        swim.suspicionMultiplier = 2
+        swim.gossipInterval = .milliseconds(50)
+        swim.gossipToTheDead = .seconds(5)
+        return swim
+    }
+
+    static func start(name: String, seeds: [PeerAddress], key: Ed25519.KeyPair = .generate(), certificate: [UInt8] = [], trust: TrustStore = TrustStore(mode: .open),
+                      meshKeys: [Packet.MeshKey] = [], dataDir: String? = nil) async throws -> Started {
+        let dir = dataDir ?? temporaryDirectory("mesh-\(name)")
+        var logger = Logger(label: "mesh.\(name)")
+        logger.logLevel = .critical
+        let rejections = Counter()
+        var settings = MeshServiceSettings(listenHost: "127.0.0.1", listenPort: 0, seeds: seeds, meshKeys: meshKeys, swim: fast)
+        settings.agent.pushPullInterval = .seconds(2)
+        settings.agent.seedRetry = .milliseconds(200)
+        settings.tcpTimeout = .seconds(2)
+        let service = MeshService(identity: key, certificate: certificate, trust: trust, settings: settings,
+                                  persistence: try MeshPersistence(path: dir + "/mesh.sqlite"), logger: logger,
+                                  onRejection: { rejections.add($0) })
+        service.setRecordContent {
+            CapabilityRecord(origin: key.nodeID, version: 0, issuedAtMillis: 0, expiresAtMillis: 0, apiAddress: "http://127.0.0.1:1/\(name)",
+                             gossipAddress: PeerAddress(host: "127.0.0.1", port: 1), name: name,
+                             models: [.init(name: "m-\(name)", provider: "local", providerKind: "local", local: true, inputPer1M: 0, outputPer1M: 0)])
+        }
+        try await service.start()
+        Task { await service.runLoop() }
+        return Started(service: service, rejections: rejections, dataDir: dir, key: key)
+    }
+
+    /// Polls `condition` until it holds or `timeout` passes.
+    static func eventually(_ timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(25))
+        }
+        return condition()
+    }
+
+    static func aliveCount(_ service: MeshService) -> Int { service.members().filter { $0.status == .alive }.count }
+
+    @Test func fiveNodes_joinFromOneSeed_converge_detectACrash_andWelcomeItBack() async throws {
+        let seed = try await Self.start(name: "seed", seeds: [])
+        var nodes = [seed]
+        for i in 1..<5 { nodes.append(try await Self.start(name: "n\(i)", seeds: [seed.service.address])) }
+        let started = nodes
+        defer { Task { for node in started { await node.service.stop() } } }
+
+        #expect(await Self.eventually { nodes.allSatisfy { Self.aliveCount($0.service) == 4 } }, "every node sees four others alive")
+        #expect(await Self.eventually { nodes.allSatisfy { $0.service.records().count == 5 } }, "every record everywhere")
+        let names = Set(nodes[3].service.records().map(\.record.name))
+        #expect(names == ["seed", "n1", "n2", "n3", "n4"])
+
+        // Crash n2: no leave, sockets gone.
+        let victim = nodes[2]
+        let oldIncarnation = victim.service.incarnation
+        await victim.service.stop()
+        let others = nodes.enumerated().filter { $0.offset != 2 }.map(\.element)
+        #expect(await Self.eventually { others.allSatisfy { node in node.service.members().first { $0.id == victim.key.nodeID }?.status == .dead } },
+                "the crashed node is declared dead by all")
+
+        // It restarts with its key and data: a higher incarnation, and everyone takes it back.
+        let back = try await Self.start(name: "n2", seeds: [seed.service.address], key: victim.key, dataDir: victim.dataDir)
+        defer { Task { await back.service.stop() } }
+        #expect(back.service.incarnation > oldIncarnation)
+        #expect(await Self.eventually { others.allSatisfy { node in node.service.members().first { $0.id == victim.key.nodeID }?.status == .alive } })
+        #expect(others.allSatisfy { $0.rejections.value("malformed") == 0 && $0.rejections.value("bad_signature") == 0 })
+    }
+
+    @Test func gracefulLeave_isSeenAsLeft() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        let b = try await Self.start(name: "b", seeds: [a.service.address])
+        defer { Task { await a.service.stop() } }
+        #expect(await Self.eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
+        await b.service.leave()
+        await b.service.stop()
+        #expect(await Self.eventually(.seconds(3)) { a.service.members().first?.status == .left })
+    }
+
+    @Test func forgedAndMalformedDatagrams_areRejectedAndCounted() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        let b = try await Self.start(name: "b", seeds: [a.service.address])
+        defer { Task { await a.service.stop(); await b.service.stop() } }
+        #expect(await Self.eventually { a.service.records().count == 2 })
+        let genuine = try #require(a.service.records().first { $0.record.origin == b.key.nodeID })
+
+        // An attacker with its own key claims b's record, and sends junk.
+        let attacker = Ed25519.KeyPair.generate()
+        var forged = genuine.record
+        forged.version += 1_000
+        forged.apiAddress = "http://evil.example"
+        var bytes = forged.canonicalBytes + attacker.sign(forged.canonicalBytes)
+        let packet = Packet.encode([.record(bytes)], signer: attacker, meshKey: nil)
+        let socket = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).get()
+        defer { socket.close(promise: nil) }
+        let target = try SocketAddress(ipAddress: "127.0.0.1", port: Int(a.service.address.port))
+        func send(_ raw: [UInt8]) async throws {
+            try await socket.writeAndFlush(AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: raw)))
+        }
+        try await send(packet)
+        try await send([0x41, 0x4D, 1, 0, 1, 2, 3])
+        try await send([UInt8](repeating: 0xFF, count: 300))
+        bytes[10] ^= 1
+        try await send(Packet.encode([.record(bytes)], signer: attacker, meshKey: nil))
+        // A packet whose claimed sender did not sign it.
+        var spoofed = Packet.encode([.suspect(Accusation(node: b.key.nodeID, incarnation: 99, from: attacker.nodeID))], signer: attacker, meshKey: nil)
+        spoofed.replaceSubrange(4..<36, with: b.key.publicKey)
+        try await send(spoofed)
+
+        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("bad_signature") >= 2 && a.rejections.value("bad_magic") >= 1 && a.rejections.value("malformed") >= 1 })
+        let held = try #require(a.service.records().first { $0.record.origin == b.key.nodeID })
+        #expect(held.record.apiAddress == genuine.record.apiAddress && held.record.version == genuine.record.version, "the forgery changed nothing")
+        #expect(a.service.members().first { $0.id == b.key.nodeID }?.status == .alive, "the spoofed accusation was dropped")
+    }
+
+    @Test func anotherMeshsSecret_cannotJoin() async throws {
+        let keyA = Packet.MeshKey(Sodium.randomBytes(32))!, keyB = Packet.MeshKey(Sodium.randomBytes(32))!
+        let a = try await Self.start(name: "a", seeds: [], meshKeys: [keyA])
+        let b = try await Self.start(name: "b", seeds: [a.service.address], meshKeys: [keyA])
+        let outsider = try await Self.start(name: "x", seeds: [a.service.address], meshKeys: [keyB])
+        let plain = try await Self.start(name: "p", seeds: [a.service.address])
+        defer { Task { for node in [a, b, outsider, plain] { await node.service.stop() } } }
+        #expect(await Self.eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 }, "same secret: joined")
+        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("wrong_mesh_key") >= 2 }, "outsiders' packets are refused")
+        #expect(outsider.service.members().isEmpty && plain.service.members().isEmpty)
+        #expect(!a.service.members().contains { $0.id == outsider.key.nodeID || $0.id == plain.key.nodeID })
+    }
+
+    @Test func keyRotation_oldAndNewSecretsInterwork() async throws {
+        let old = Packet.MeshKey(Sodium.randomBytes(32))!, new = Packet.MeshKey(Sodium.randomBytes(32))!
+        let a = try await Self.start(name: "a", seeds: [], meshKeys: [old])
+        // b already sends with the new key but still accepts the old one.
+        let b = try await Self.start(name: "b", seeds: [a.service.address], meshKeys: [new, old])
+        defer { Task { await a.service.stop(); await b.service.stop() } }
+        // a does not know the new key yet: b's packets are refused there, a's reach b.
+        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("wrong_mesh_key") >= 1 })
+        let c = try await Self.start(name: "c", seeds: [b.service.address], meshKeys: [new, old])
+        defer { Task { await c.service.stop() } }
+        #expect(await Self.eventually { Self.aliveCount(b.service) >= 1 && Self.aliveCount(c.service) >= 1 }, "new-key nodes talk to each other")
+    }
+
+    @Test func caTrust_admitsCertifiedNodes_refusesOthers_andHonoursRevocation() async throws {
+        let admin = Ed25519.KeyPair.generate()
+        let wall = MeshTransportTests.wallNow()
+        func certified(_ name: String) -> (Ed25519.KeyPair, [UInt8]) {
+            let key = Ed25519.KeyPair.generate()
+            return (key, Certificate.issue(node: key.nodeID, name: name, issuedAtMillis: wall, expiresAtMillis: wall + 3_600_000, admin: admin).bytes)
+        }
+        let trust = TrustStore(mode: .ca(admin: admin.nodeID))
+        let (ka, ca) = certified("a"), (kb, cb) = certified("b"), (kc, cc) = certified("c")
+        let a = try await Self.start(name: "a", seeds: [], key: ka, certificate: ca, trust: trust)
+        let b = try await Self.start(name: "b", seeds: [a.service.address], key: kb, certificate: cb, trust: trust)
+        let c = try await Self.start(name: "c", seeds: [a.service.address], key: kc, certificate: cc, trust: trust)
+        // A node whose certificate comes from another admin.
+        let rogueAdmin = Ed25519.KeyPair.generate()
+        let kr = Ed25519.KeyPair.generate()
+        let rogueCert = Certificate.issue(node: kr.nodeID, name: "r", issuedAtMillis: wall, expiresAtMillis: wall + 3_600_000, admin: rogueAdmin).bytes
+        let rogue = try await Self.start(name: "r", seeds: [a.service.address], key: kr, certificate: rogueCert, trust: TrustStore(mode: .ca(admin: rogueAdmin.nodeID)))
+        defer { Task { for node in [a, b, c, rogue] { await node.service.stop() } } }
+
+        #expect(await Self.eventually { [a, b, c].allSatisfy { Self.aliveCount($0.service) == 2 } }, "certified nodes form the mesh")
+        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("untrusted_key") >= 1 })
+        #expect(!a.service.members().contains { $0.id == kr.nodeID })
+        #expect(!a.service.records().contains { $0.record.origin == kr.nodeID })
+
+        // The admin revokes c; a learns it, gossips it; b drops c too.
+        let revocation = Revocation.issue(node: kc.nodeID, issuedAtMillis: wall, admin: admin)
+        #expect(a.service.submitRevocation(text: revocation.fileText) == nil)
+        #expect(b.service.submitRevocation(text: Revocation.issue(node: kc.nodeID, issuedAtMillis: wall, admin: rogueAdmin).fileText) != nil, "only the mesh admin may revoke")
+        #expect(await Self.eventually { b.service.trust.revocations[kc.nodeID] != nil }, "the revocation spread")
+        #expect(await Self.eventually { !b.service.records().contains { $0.record.origin == kc.nodeID } })
+        #expect(await Self.eventually { b.service.members().first { $0.id == kc.nodeID }?.status != .alive }, "a revoked node's packets are refused, so it fails its probes")
+    }
+
+    static func wallNow() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
+    }
+}
