@@ -105,7 +105,7 @@ let package = Package(
         .executableTarget(
             name: "aimesh",
             dependencies: [
-                "Node", "NodeConfig", "MockUpstream", "CurlHTTP", "MeshCore", "MeshState", "Sodium",
+                "Node", "NodeConfig", "MockUpstream", "CurlHTTP", "MeshCore", "MeshState", "Sodium", "MeshSim", "Membership",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -108,12 +108,12 @@ public struct MeshSection: Sendable {
     public var maxHops = 2
     public var shareLoad = true
     public var peerTimeout: Duration = .seconds(30)
-    /// Membership timing (memberlist's LAN defaults).
-    public var probeInterval: Duration = .seconds(1)
-    public var probeTimeout: Duration = .milliseconds(500)
+    /// Membership timing (memberlist's LAN profile with probe and gossip periods halved; PROTOCOL.md §5).
+    public var probeInterval: Duration = .milliseconds(500)
+    public var probeTimeout: Duration = .milliseconds(250)
     public var indirectChecks = 3
-    public var suspicionMultiplier = 4
-    public var gossipInterval: Duration = .milliseconds(200)
+    public var suspicionMultiplier = 3
+    public var gossipInterval: Duration = .milliseconds(100)
     public var gossipFanout = 3
     public var retransmitMultiplier = 4
     public var pushPullInterval: Duration = .seconds(30)

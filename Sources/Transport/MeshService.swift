@@ -374,6 +374,10 @@ public final class MeshService: Service, Sendable {
             case .swim(.changed(let node, _, let status)):
                 logger.info("member \(status)", metadata: ["node": "\(node.short)"])
                 onEvent(status.description, node)
+                if status == .alive, let member = state.withLock({ $0.agent.swim.members[node] }) {
+                    // Remember peers as soon as they are seen, so a restart rejoins without seeds.
+                    persistence?.rememberPeers([(address: member.address, node: node)], nowMillis: wallMillis())
+                }
             case .swim(.removed(let node)):
                 onEvent("removed", node)
             case .pushPull(let to):

@@ -10,7 +10,7 @@ struct Aimesh: AsyncParsableCommand {
         version: version,
         subcommands: [
             NodeCommand.self, ChatCommand.self, ModelsCommand.self, ConfigCommand.self, DemoCommand.self,
-            IDCommand.self, MeshCommand.self, MockUpstreamCommand.self, VersionCommand.self,
+            IDCommand.self, MeshCommand.self, MockUpstreamCommand.self, SimCommand.self, VersionCommand.self,
         ]
     )
 }

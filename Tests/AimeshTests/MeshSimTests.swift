@@ -56,7 +56,8 @@ struct MeshSimTests {
         sim.bootstrap()
         sim.run(for: .seconds(60))
         #expect(sim.falsePositives() == 0, "Lifeguard keeps healthy nodes alive under 10% loss")
-        #expect(sim.converged())
+        // Suspicion comes and goes under loss; nobody is ever written off.
+        for i in 0..<25 { #expect(!sim.view(of: i).values.contains(.dead), "node \(i) wrote someone off") }
     }
 
     @Test func recordUpdate_reachesEveryone_fast() {

@@ -8,8 +8,18 @@ import Wire
     static let a = NodeID(testNumber: 1), b = NodeID(testNumber: 2), c = NodeID(testNumber: 3), d = NodeID(testNumber: 4), e = NodeID(testNumber: 5)
     static func address(_ n: Int) -> PeerAddress { PeerAddress(host: "10.0.0.\(n)", port: 7946) }
 
+    /// memberlist's LAN timings, which the arithmetic in these tests uses.
+    static var lan: SwimSettings {
+        var settings = SwimSettings()
+        settings.probeInterval = .seconds(1)
+        settings.probeTimeout = .milliseconds(500)
+        settings.suspicionMultiplier = 4
+        settings.gossipInterval = .milliseconds(200)
+        return settings
+    }
+
     /// `a` knowing b, c, d, e (all alive at incarnation 1).
-    static func node(settings: SwimSettings = SwimSettings()) -> Swim {
+    static func node(settings: SwimSettings = lan) -> Swim {
         var swim = Swim(me: a, address: address(1), incarnation: 1, settings: settings, seed: 1)
         let states = [b, c, d, e].enumerated().map { MemberState(alive: Alive(node: $1, incarnation: 1, address: address($0 + 2)), status: .alive) }
         _ = swim.merge(states, now: .zero)
@@ -25,7 +35,7 @@ import Wire
     }
 
     @Test func newMember_fromAlive_isAddedAndAnnounced() {
-        var swim = Swim(me: Self.a, address: Self.address(1), incarnation: 1, seed: 1)
+        var swim = Swim(me: Self.a, address: Self.address(1), incarnation: 1, settings: Self.lan, seed: 1)
         let out = swim.receive([.alive(Alive(node: Self.b, incarnation: 3, address: Self.address(2)))], from: Self.b, source: Self.address(2), now: .zero)
         #expect(swim.members[Self.b]?.status == .alive)
         #expect(swim.members[Self.b]?.incarnation == 3)
@@ -230,6 +240,21 @@ import Wire
         #expect(swim.members[Self.b]?.status == .alive)
         #expect(swim.members[Self.b]?.address == Self.address(20), "a restarted node may come back elsewhere")
         #expect(out.contains(.changed(Self.b, from: .dead, to: .alive)))
+    }
+
+    @Test func pingFromADeadMember_isAnsweredWithTheVerdict_soItRefutes() {
+        var swim = Self.node()
+        _ = swim.receive([.dead(Accusation(node: Self.b, incarnation: 1, from: Self.c))], from: Self.c, source: Self.address(3), now: .zero)
+        let out = swim.receive([.ping(seq: 5, target: Self.a)], from: Self.b, source: Self.address(2), now: .seconds(1))
+        let reply = Self.sends(out).first { $0.1.contains(.ack(seq: 5)) }
+        #expect(reply?.1.contains(.dead(Accusation(node: Self.b, incarnation: 1, from: Self.a))) == true)
+        // b, restarted at incarnation 7, hears it and re-announces itself; a takes it back.
+        var b = Swim(me: Self.b, address: Self.address(2), incarnation: 7, settings: Self.lan, seed: 2)
+        _ = b.receive(reply?.1 ?? [], from: Self.a, source: Self.address(1), now: .seconds(1))
+        let announce = Self.sends(b.tick(now: .seconds(1))).flatMap { $0.1 }.filter { if case .alive(let alive) = $0 { return alive.node == Self.b } else { return false } }
+        #expect(b.incarnation == 7 && !announce.isEmpty || b.pendingBroadcasts > 0)
+        _ = swim.receive([.alive(Alive(node: Self.b, incarnation: 7, address: Self.address(2)))], from: Self.b, source: Self.address(2), now: .seconds(2))
+        #expect(swim.members[Self.b]?.status == .alive)
     }
 
     @Test func gracefulLeave_isLeftNotDead() {
