@@ -1,6 +1,7 @@
 import CurlHTTP
 import Foundation
 import Ledger
+import MeshState
 import MeshCore
 import Testing
 
@@ -190,5 +191,41 @@ struct ProcessTests {
         #expect(FileManager.default.fileExists(atPath: dataDir + "/data/ledger.sqlite"), "--data-dir was used")
         let (versionStatus, versionOutput) = try await Child.run(["version"])
         #expect(versionStatus == 0 && !versionOutput.isEmpty)
+    }
+
+    @Test func meshAdminFlow_idInitAdmitRevoke() async throws {
+        let dir = temporaryDirectory("admin-flow")
+        let (idStatus, idOutput) = try await Child.run(["id", "--data-dir", dir + "/node"])
+        #expect(idStatus == 0)
+        let nodeID = idOutput.split(separator: "\n").map(String.init).first { $0.count == 64 } ?? ""
+        #expect(NodeID(hex: nodeID) != nil, "\(idOutput)")
+        let (again, againOutput) = try await Child.run(["id", "--data-dir", dir + "/node"])
+        #expect(again == 0 && againOutput.contains(nodeID), "the same key the second time")
+
+        let (initStatus, initOutput) = try await Child.run(["mesh", "init", "--out", dir + "/admin"])
+        #expect(initStatus == 0, "\(initOutput)")
+        let adminID = initOutput.split(separator: "\n").map(String.init).first { $0.count == 64 } ?? ""
+        #expect(NodeID(hex: adminID) != nil)
+        let (reinit, reinitOutput) = try await Child.run(["mesh", "init", "--out", dir + "/admin"])
+        #expect(reinit != 0 && reinitOutput.contains("exists"), "never overwrites an admin key")
+
+        let (admit, admitOutput) = try await Child.run(["mesh", "admit", nodeID, "--name", "gpu-1", "--expires", "30d",
+                                                        "--admin-key", dir + "/admin/admin.key", "--out", dir + "/node.cert"])
+        #expect(admit == 0, "\(admitOutput)")
+        let certificate = try Certificate(fileText: String(contentsOfFile: dir + "/node.cert", encoding: .utf8))
+        #expect(certificate.node.hex == nodeID && certificate.admin.hex == adminID && certificate.isSignatureValid && certificate.name == "gpu-1")
+        let days = Double(certificate.expiresAtMillis - certificate.issuedAtMillis) / 86_400_000
+        #expect(abs(days - 30) < 0.01)
+
+        let (badAdmit, badOutput) = try await Child.run(["mesh", "admit", "nothex", "--name", "x", "--admin-key", dir + "/admin/admin.key"])
+        #expect(badAdmit != 0 && badOutput.contains("64 hex"))
+
+        let (revoke, revokeOutput) = try await Child.run(["mesh", "revoke", nodeID, "--admin-key", dir + "/admin/admin.key", "--out", dir + "/revocation"])
+        #expect(revoke == 0, "\(revokeOutput)")
+        let revocation = try Revocation(fileText: String(contentsOfFile: dir + "/revocation", encoding: .utf8))
+        #expect(revocation.node.hex == nodeID)
+
+        let (keygen, secret) = try await Child.run(["mesh", "keygen"])
+        #expect(keygen == 0 && secret.trimmingCharacters(in: .whitespacesAndNewlines).count == 64)
     }
 }

@@ -1,0 +1,99 @@
+import MeshCore
+import MeshState
+import Sodium
+import Wire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// libFuzzer entry: every decoder of untrusted mesh bytes must reject bad input without crashing.
+/// Built with `scripts/fuzz-wire` (`-sanitize=fuzzer,address -DFUZZING`); a normal build makes a
+/// replayer that runs files (a corpus, a crash) through the same function.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard let data, size > 0 else { return 0 }
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    // The first byte picks the decoder, so one corpus reaches all of them.
+    let body = Array(bytes.dropFirst())
+    switch bytes[0] % 6 {
+    case 0: _ = try? Packet.decode(body, meshKeys: [])
+    case 1: _ = try? Packet.decode(body, meshKeys: [FuzzKeys.mesh])
+    case 2:
+        var reader = ByteReader(body)
+        while !reader.isAtEnd { guard (try? reader.message(maxBody: WireLimits.maxTCPFrame)) != nil else { break } }
+    case 3: _ = try? CapabilityRecord(signed: body)
+    case 4:
+        _ = try? Certificate(bytes: body)
+        _ = try? Revocation(bytes: body)
+    default:
+        var buffer = body
+        _ = try? Frame.split(&buffer)
+    }
+    return 0
+}
+
+enum FuzzKeys {
+    static let mesh = Packet.MeshKey([UInt8](repeating: 3, count: 32))!
+    static let signer = Ed25519.KeyPair(seed: [UInt8](repeating: 4, count: 32))!
+
+    /// Valid encodings of every shape, as a starting corpus.
+    static func corpus() -> [[UInt8]] {
+        let n1 = NodeID(testNumber: 1), n2 = NodeID(testNumber: 2)
+        let address = PeerAddress(host: "127.0.0.1", port: 7946)
+        let messages: [MeshMessage] = [
+            .ping(seq: 1, target: n1), .ack(seq: 2), .pingReq(seq: 3, target: n2, address: address), .nack(seq: 4),
+            .alive(Alive(node: n1, incarnation: 5, address: address, certificate: [1, 2, 3])),
+            .suspect(Accusation(node: n1, incarnation: 6, from: n2)), .dead(Accusation(node: n2, incarnation: 7, from: n2)),
+            .record([9, 9]), .revocation([8]), .digest([DigestEntry(origin: n1, version: 9)]),
+            .members([MemberState(alive: Alive(node: n2, incarnation: 1, address: address), status: .alive)]),
+        ]
+        var out: [[UInt8]] = []
+        out.append([0] + Packet.encode(messages, signer: signer, meshKey: nil))
+        out.append([1] + Packet.encode(messages, signer: signer, meshKey: mesh))
+        var writer = ByteWriter()
+        for message in messages { writer.message(message) }
+        out.append([2] + writer.bytes)
+        let record = CapabilityRecord(origin: signer.nodeID, version: 1, issuedAtMillis: 1, expiresAtMillis: 2, apiAddress: "http://x", gossipAddress: address,
+                                      models: [.init(name: "m", provider: "p", providerKind: "local", local: true, inputPer1M: 0, outputPer1M: 0)],
+                                      gpus: [.init(name: "g", memoryTotalMB: 1, memoryUsedMB: 1, utilizationPercent: 1)],
+                                      providers: [.init(name: "p", kind: "k", up: true, errorRate: 0, latencyMillis: 1)])
+        out.append([3] + record.signed(by: signer))
+        out.append([4] + Certificate.issue(node: n1, name: "n", issuedAtMillis: 1, expiresAtMillis: 2, admin: signer).bytes)
+        out.append([5] + Frame.wrap([1, 2, 3]))
+        return out
+    }
+}
+
+#if !FUZZING
+@main
+struct FuzzWireReplayer {
+    /// `fuzz-wire --write-corpus DIR` writes seed inputs; `fuzz-wire FILE…` replays inputs.
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments.first == "--write-corpus", arguments.count == 2 {
+            mkdir(arguments[1], 0o755)
+            for (index, input) in FuzzKeys.corpus().enumerated() {
+                let path = "\(arguments[1])/seed-\(index)"
+                guard let file = fopen(path, "wb") else { continue }
+                _ = input.withUnsafeBufferPointer { fwrite($0.baseAddress, 1, $0.count, file) }
+                fclose(file)
+            }
+            return
+        }
+        for path in arguments {
+            guard let file = fopen(path, "rb") else { continue }
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = fread(&buffer, 1, buffer.count, file)
+                if count <= 0 { break }
+                bytes += buffer[0..<count]
+            }
+            fclose(file)
+            _ = bytes.withUnsafeBufferPointer { fuzzWire($0.baseAddress, $0.count) }
+        }
+        print("replayed \(arguments.count) input(s) without a crash")
+    }
+}
+#endif
