@@ -16,7 +16,7 @@ public struct SwimSettings: Sendable, Equatable {
     /// k: members asked to probe indirectly.
     public var indirectChecks = 3
     /// Suspicion lasts suspicionMultiplier × log10(n) × probeInterval at least…
-    public var suspicionMultiplier = 3
+    public var suspicionMultiplier = 4
     /// …and this many times that at most (Lifeguard's dynamic suspicion).
     public var suspicionMaxTimeoutMultiplier = 6
     /// Each broadcast is sent retransmitMultiplier × ⌈log10(n + 1)⌉ times.
@@ -353,46 +353,65 @@ public struct Swim: Sendable {
     /// Least-sent first (newest first among equals), as many as fit `budget`; those larger than a
     /// packet could ever carry come back separately, for TCP.
     mutating func takeBroadcasts(budget: Int) -> (small: [MeshMessage], large: [MeshMessage]) {
-        guard !broadcasts.isEmpty else { return ([], []) }
-        _ = currentCaches()
-        let limit = max(1, retransmitLimit)
-        let ordered = broadcasts.sorted { l, r in l.value.transmits != r.value.transmits ? l.value.transmits < r.value.transmits : l.value.order > r.value.order }
-        var small: [MeshMessage] = [], large: [MeshMessage] = []
-        var used = 0
-        for (key, item) in ordered {
-            if item.size > settings.maxPacketPayload {
-                large.append(item.message)
-            } else if used + item.size <= budget && small.count < WireLimits.maxMessagesPerPacket - 1 {
-                small.append(item.message)
-                used += item.size
-            } else {
-                continue
-            }
-            if item.transmits + 1 >= limit { broadcasts[key] = nil } else { broadcasts[key]?.transmits += 1 }
-        }
+        let (small, large) = selectBroadcasts(budget: budget, maxCount: WireLimits.maxMessagesPerPacket - 1, includeLarge: true)
         return (small, large)
     }
 
     /// Adds queued broadcasts to a probe message while they fit.
     mutating func withPiggyback(_ messages: [MeshMessage]) -> [MeshMessage] {
         let used = messages.reduce(0) { $0 + $1.encodedSize }
-        let (small, _) = takeBroadcastsSmallOnly(budget: settings.maxPacketPayload - used)
-        return messages + small
+        let budget = settings.maxPacketPayload - used
+        guard budget > 0 else { return messages }
+        return messages + selectBroadcasts(budget: budget, maxCount: WireLimits.maxMessagesPerPacket - 1 - messages.count, includeLarge: false).small
     }
 
-    mutating func takeBroadcastsSmallOnly(budget: Int) -> ([MeshMessage], Void) {
-        guard !broadcasts.isEmpty, budget > 0 else { return ([], ()) }
+    /// One linear pass over the queue keeping the best `maxCount` candidates of each class (no sort
+    /// of the whole queue, no copies of messages); membership news goes first, like memberlist's
+    /// own queue before its delegate's, so that large records never crowd out a refutation. Then as
+    /// many as fit `budget`; counts their transmissions.
+    mutating func selectBroadcasts(budget: Int, maxCount: Int, includeLarge: Bool) -> (small: [MeshMessage], large: [MeshMessage]) {
+        guard !broadcasts.isEmpty, maxCount > 0 else { return ([], []) }
         _ = currentCaches()
         let limit = max(1, retransmitLimit)
-        let ordered = broadcasts.sorted { l, r in l.value.transmits != r.value.transmits ? l.value.transmits < r.value.transmits : l.value.order > r.value.order }
-        var chosen: [MeshMessage] = []
+        let payload = settings.maxPacketPayload
+        typealias Candidate = (transmits: Int, order: UInt64, key: BroadcastKey, size: Int)
+        func better(_ a: Candidate, _ b: Candidate) -> Bool { a.transmits != b.transmits ? a.transmits < b.transmits : a.order > b.order }
+        func offer(_ candidate: Candidate, to best: inout [Candidate]) {
+            if best.count == maxCount, let worst = best.last, !better(candidate, worst) { return }
+            var low = 0, high = best.count
+            while low < high {
+                let mid = (low + high) / 2
+                if better(best[mid], candidate) { low = mid + 1 } else { high = mid }
+            }
+            best.insert(candidate, at: low)
+            if best.count > maxCount { best.removeLast() }
+        }
+        var membership: [Candidate] = [], others: [Candidate] = []
+        var largeKeys: [BroadcastKey] = []
+        for (key, item) in broadcasts {
+            if item.size > payload {
+                if includeLarge { largeKeys.append(key) }
+                continue
+            }
+            if item.size > budget { continue }
+            let candidate: Candidate = (item.transmits, item.order, key, item.size)
+            if case .member = key { offer(candidate, to: &membership) } else { offer(candidate, to: &others) }
+        }
+        var small: [MeshMessage] = []
         var used = 0
-        for (key, item) in ordered where item.size <= settings.maxPacketPayload && used + item.size <= budget && chosen.count < WireLimits.maxMessagesPerPacket - 2 {
-            chosen.append(item.message)
-            used += item.size
+        for candidate in membership + others where used + candidate.size <= budget && small.count < maxCount {
+            guard let item = broadcasts[candidate.key] else { continue }
+            small.append(item.message)
+            used += candidate.size
+            if item.transmits + 1 >= limit { broadcasts[candidate.key] = nil } else { broadcasts[candidate.key]?.transmits += 1 }
+        }
+        var large: [MeshMessage] = []
+        for key in largeKeys {
+            guard let item = broadcasts[key] else { continue }
+            large.append(item.message)
             if item.transmits + 1 >= limit { broadcasts[key] = nil } else { broadcasts[key]?.transmits += 1 }
         }
-        return (chosen, ())
+        return (small, large)
     }
 
     // MARK: Receiving
@@ -521,13 +540,15 @@ public struct Swim: Sendable {
 
     mutating func suspect(_ accusation: Accusation, now: Duration, into out: inout [SwimOutput], confirming: Bool = true) {
         if accusation.node == me {
-            guard accusation.incarnation >= incarnation else {
+            if accusation.incarnation >= incarnation {
+                refute(above: accusation.incarnation)
+                adjustAwareness(1)
+            } else {
                 // An old accusation: the accuser missed the refutation; send it again.
                 broadcast(.alive(localAlive), key: .member(me))
-                return
             }
-            refute(above: accusation.incarnation)
-            adjustAwareness(1)
+            // The accuser's timer is the one running: tell it directly as well as by gossip.
+            if let accuser = members[accusation.from], accusation.from != me { out.append(.send(to: accuser.address, messages: [.alive(localAlive)])) }
             return
         }
         guard var member = members[accusation.node], accusation.incarnation >= member.incarnation else { return }
@@ -557,12 +578,13 @@ public struct Swim: Sendable {
     mutating func declareDead(_ accusation: Accusation, now: Duration, into out: inout [SwimOutput]) {
         if accusation.node == me {
             guard !leaving else { return }
-            guard accusation.incarnation >= incarnation else {
+            if accusation.incarnation >= incarnation {
+                refute(above: accusation.incarnation)
+                adjustAwareness(1)
+            } else {
                 broadcast(.alive(localAlive), key: .member(me))
-                return
             }
-            refute(above: accusation.incarnation)
-            adjustAwareness(1)
+            if let accuser = members[accusation.from], accusation.from != me { out.append(.send(to: accuser.address, messages: [.alive(localAlive)])) }
             return
         }
         guard var member = members[accusation.node], accusation.incarnation >= member.incarnation,

@@ -91,7 +91,7 @@ public final class MeshSimulation {
     public private(set) var nodes: [Node] = []
     var index: [PeerAddress: Int] = [:]
     var indexByID: [NodeID: Int] = [:]
-    var queue: [(time: Duration, order: UInt64, event: Event)] = []
+    var queue = EventHeap()
     var order: UInt64 = 0
     var random: SplitMix64
     var group: [Int]? = nil
@@ -188,13 +188,9 @@ public final class MeshSimulation {
     }
 
     func deliverDue() {
-        guard !queue.isEmpty else { return }
-        queue.sort { $0.time != $1.time ? $0.time < $1.time : $0.order < $1.order }
-        var due = 0
-        while due < queue.count && queue[due].time <= now { due += 1 }
-        let batch = queue[0..<due]
-        queue.removeFirst(due)
-        for item in batch { deliver(item.event) }
+        while let next = queue.peekTime, next <= now {
+            deliver(queue.pop()!.event)
+        }
     }
 
     func deliver(_ event: Event) {
@@ -241,7 +237,7 @@ public final class MeshSimulation {
         let span = max(1, (settings.maxDelay - settings.minDelay).nanoseconds)
         let delay = settings.minDelay + .nanoseconds(Int64(random.next() % UInt64(span)))
         order += 1
-        queue.append((now + delay, order, event))
+        queue.push((now + delay, order, event))
     }
 
     func handle(_ outputs: [AgentOutput], from i: Int) {
@@ -321,6 +317,44 @@ public final class MeshSimulation {
     public func bytesPerSecondPerNode(over duration: Duration) -> Double {
         let total = nodes.reduce(0) { $0 + $1.bytesSent }
         return Double(total) / Double(nodes.count) / (Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+    }
+}
+
+/// A binary min-heap of scheduled deliveries, ordered by time then by scheduling order (deterministic).
+struct EventHeap {
+    typealias Item = (time: Duration, order: UInt64, event: MeshSimulation.Event)
+    private var items: [Item] = []
+
+    var peekTime: Duration? { items.first?.time }
+
+    static func less(_ a: Item, _ b: Item) -> Bool { a.time != b.time ? a.time < b.time : a.order < b.order }
+
+    mutating func push(_ item: Item) {
+        items.append(item)
+        var child = items.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard EventHeap.less(items[child], items[parent]) else { break }
+            items.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func pop() -> Item? {
+        guard !items.isEmpty else { return nil }
+        items.swapAt(0, items.count - 1)
+        let top = items.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1, right = left + 1
+            var smallest = parent
+            if left < items.count && EventHeap.less(items[left], items[smallest]) { smallest = left }
+            if right < items.count && EventHeap.less(items[right], items[smallest]) { smallest = right }
+            if smallest == parent { break }
+            items.swapAt(parent, smallest)
+            parent = smallest
+        }
+        return top
     }
 }
 

@@ -164,6 +164,12 @@ struct SectionParser {
                 if let keys = reader.sequence(value) {
                     mesh.secretKeys = keys.compactMap { item in
                         guard let text = reader.string(item) else { return nil }
+                        let bytes = ByteEncoding.fromHex(text) ?? ByteEncoding.fromBase64(text)
+                        guard bytes?.count == 32 else {
+                            // Never echo the value: it is a secret.
+                            reader.error(item, "a mesh secret must be 32 bytes written as 64 hex digits or base64 (make one with `aimesh mesh keygen`)")
+                            return nil
+                        }
                         return Secret(text)
                     }
                 }
@@ -221,13 +227,20 @@ struct SectionParser {
         for (key, value) in members {
             switch key {
             case "mode": mesh.trustMode = reader.oneOf(value, ["ca": .ca, "open": .open], what: "trust mode") ?? mesh.trustMode
-            case "admin_public_key": mesh.adminPublicKey = reader.string(value)
+            case "admin_public_key":
+                mesh.adminPublicKey = reader.string(value)
+                if let key = mesh.adminPublicKey, ByteEncoding.fromHex(key)?.count != 32 {
+                    reader.error(value, "must be the mesh admin's public key, 64 hex digits (printed by `aimesh mesh init`)")
+                }
             case "certificate": mesh.certificatePath = reader.string(value)
             default: break
             }
         }
         if mesh.trustMode == .ca && mesh.adminPublicKey == nil {
             reader.error(field, "trust mode 'ca' needs admin_public_key (print it with `aimesh mesh init`)")
+        }
+        if mesh.trustMode == .ca && mesh.certificatePath == nil {
+            reader.error(field, "trust mode 'ca' needs certificate: this node's certificate file (`aimesh mesh admit NODE_ID --name NAME`)")
         }
     }
 

@@ -112,7 +112,7 @@ public struct MeshSection: Sendable {
     public var probeInterval: Duration = .milliseconds(500)
     public var probeTimeout: Duration = .milliseconds(250)
     public var indirectChecks = 3
-    public var suspicionMultiplier = 3
+    public var suspicionMultiplier = 4
     public var gossipInterval: Duration = .milliseconds(100)
     public var gossipFanout = 3
     public var retransmitMultiplier = 4

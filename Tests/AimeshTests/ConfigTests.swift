@@ -1,3 +1,4 @@
+import Foundation
 import MeshCore
 import NodeConfig
 import Testing
@@ -189,9 +190,11 @@ import Testing
 
     @Test func exampleConfigsInTheRepository_areValid() throws {
         let directory = #filePath.components(separatedBy: "/Tests/")[0] + "/mesh-configs"
-        let files = ["single-node.yaml", "workstation.yaml"]
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.count >= 4)
         for file in files {
-            let outcome = ConfigLoader.check(path: "\(directory)/\(file)", environment: ["OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GROQ_API_KEY": "x", "GEMINI_API_KEY": "x", "CLOUDFLARE_ACCOUNT_ID": "x", "CLOUDFLARE_API_TOKEN": "x", "OPENROUTER_API_KEY": "x"])
+            let outcome = ConfigLoader.check(path: "\(directory)/\(file)", environment: ["OPENAI_API_KEY": "x", "ANTHROPIC_API_KEY": "x", "GROQ_API_KEY": "x", "GEMINI_API_KEY": "x", "CLOUDFLARE_ACCOUNT_ID": "x", "CLOUDFLARE_API_TOKEN": "x", "OPENROUTER_API_KEY": "x",
+                                                                                              "AIMESH_MESH_SECRET": String(repeating: "ab", count: 32)])
             #expect(outcome.errors.isEmpty, "\(file): \(outcome.errors)")
         }
     }

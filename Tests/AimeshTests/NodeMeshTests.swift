@@ -44,6 +44,7 @@ struct NodeMeshTests {
                 let status = try await b.get("/aiproxy/mesh/status").json
                 return status["peers"]?.arrayValue?.first?["status"]?.stringValue == "healthy"
                     && status["peers"]?.arrayValue?.first?["models_available"]?.arrayValue?.isEmpty == false
+                    && status["peers"]?.arrayValue?.first?["latency_ms"]?.doubleValue != nil
             }, "beta sees alpha healthy, with its models")
             let status = try await b.get("/aiproxy/mesh/status").json
             let peer = try #require(status["peers"]?[0])
