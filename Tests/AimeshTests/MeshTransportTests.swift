@@ -207,6 +207,38 @@ struct MeshTransportTests {
         #expect(await Self.eventually { b.service.members().first { $0.id == kc.nodeID }?.status != .alive }, "a revoked node's packets are refused, so it fails its probes")
     }
 
+    @Test func restartedNode_rejoinsAlone_fromThePeersItRemembered() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        let b = try await Self.start(name: "b", seeds: [a.service.address])
+        defer { Task { await a.service.stop() } }
+        #expect(await Self.eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
+        await b.service.stop()
+        // No seeds this time: only what b stored in its data directory.
+        let again = try await Self.start(name: "b", seeds: [], key: b.key, dataDir: b.dataDir)
+        defer { Task { await again.service.stop() } }
+        #expect(await Self.eventually { again.service.members().first { $0.id == a.key.nodeID }?.status == .alive })
+        #expect(await Self.eventually { a.service.members().first { $0.id == b.key.nodeID }?.status == .alive })
+    }
+
+    @Test func materialChange_isReadvertised_withAHigherVersion() async throws {
+        let load = Mutex<UInt32>(0)
+        let a = try await Self.start(name: "a", seeds: [])
+        let key = Ed25519.KeyPair.generate()
+        let b = try await Self.start(name: "b", seeds: [a.service.address], key: key)
+        defer { Task { await a.service.stop(); await b.service.stop() } }
+        b.service.setRecordContent {
+            CapabilityRecord(origin: key.nodeID, version: 0, issuedAtMillis: 0, expiresAtMillis: 0, apiAddress: "http://127.0.0.1:1/b",
+                             gossipAddress: PeerAddress(host: "127.0.0.1", port: 1), name: "b", maxConcurrency: 16, inFlight: load.withLock { $0 })
+        }
+        b.service.readvertise()
+        #expect(await Self.eventually { a.service.records().first { $0.record.origin == key.nodeID }?.record.maxConcurrency == 16 })
+        let before = try #require(a.service.records().first { $0.record.origin == key.nodeID }?.record.version)
+        load.withLock { $0 = 12 }  // a material change in load
+        #expect(await Self.eventually { (a.service.records().first { $0.record.origin == key.nodeID }?.record.inFlight ?? 0) == 12 }, "re-advertised within a second or so")
+        let after = try #require(a.service.records().first { $0.record.origin == key.nodeID }?.record.version)
+        #expect(after > before)
+    }
+
     static func wallNow() -> Int64 {
         var spec = timespec()
         clock_gettime(CLOCK_REALTIME, &spec)
