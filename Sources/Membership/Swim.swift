@@ -353,7 +353,7 @@ public struct Swim: Sendable {
     /// Least-sent first (newest first among equals), as many as fit `budget`; those larger than a
     /// packet could ever carry come back separately, for TCP.
     mutating func takeBroadcasts(budget: Int) -> (small: [MeshMessage], large: [MeshMessage]) {
-        let (small, large) = selectBroadcasts(budget: budget, maxCount: WireLimits.maxMessagesPerPacket - 1, includeLarge: true)
+        let (small, large) = selectBroadcasts(budget: budget, maxCount: WireLimits.maxMessagesPerPacket - 1, includeLarge: true, recordShare: false)
         return (small, large)
     }
 
@@ -362,14 +362,15 @@ public struct Swim: Sendable {
         let used = messages.reduce(0) { $0 + $1.encodedSize }
         let budget = settings.maxPacketPayload - used
         guard budget > 0 else { return messages }
-        return messages + selectBroadcasts(budget: budget, maxCount: WireLimits.maxMessagesPerPacket - 1 - messages.count, includeLarge: false).small
+        return messages + selectBroadcasts(budget: budget, maxCount: WireLimits.maxMessagesPerPacket - 1 - messages.count, includeLarge: false, recordShare: false).small
     }
 
     /// One linear pass over the queue keeping the best `maxCount` candidates of each class (no sort
     /// of the whole queue, no copies of messages); membership news goes first, like memberlist's
-    /// own queue before its delegate's, so that large records never crowd out a refutation. Then as
-    /// many as fit `budget`; counts their transmissions.
-    mutating func selectBroadcasts(budget: Int, maxCount: Int, includeLarge: Bool) -> (small: [MeshMessage], large: [MeshMessage]) {
+    /// own queue before its delegate's, so that large records never crowd out a refutation (with
+    /// `recordShare`, records keep part of the packet). Then as many as fit `budget`; counts their
+    /// transmissions.
+    mutating func selectBroadcasts(budget: Int, maxCount: Int, includeLarge: Bool, recordShare: Bool) -> (small: [MeshMessage], large: [MeshMessage]) {
         guard !broadcasts.isEmpty, maxCount > 0 else { return ([], []) }
         _ = currentCaches()
         let limit = max(1, retransmitLimit)
@@ -399,12 +400,21 @@ public struct Swim: Sendable {
         }
         var small: [MeshMessage] = []
         var used = 0
-        for candidate in membership + others where used + candidate.size <= budget && small.count < maxCount {
-            guard let item = broadcasts[candidate.key] else { continue }
-            small.append(item.message)
-            used += candidate.size
-            if item.transmits + 1 >= limit { broadcasts[candidate.key] = nil } else { broadcasts[candidate.key]?.transmits += 1 }
+        var taken = Set<BroadcastKey>()
+        func take(_ candidates: [Candidate], upTo cap: Int) {
+            for candidate in candidates where used + candidate.size <= cap && small.count < maxCount {
+                guard taken.insert(candidate.key).inserted, let item = broadcasts[candidate.key] else { continue }
+                small.append(item.message)
+                used += candidate.size
+                if item.transmits + 1 >= limit { broadcasts[candidate.key] = nil } else { broadcasts[candidate.key]?.transmits += 1 }
+            }
         }
+        // Membership first. Probe traffic (pings, acks) carries membership news before anything
+        // else; gossip packets keep ~40 % for records while they wait, so that a burst of
+        // membership news (many joins at once) cannot stall them.
+        take(membership, upTo: others.isEmpty || !recordShare ? budget : budget * 6 / 10)
+        take(others, upTo: budget)
+        take(membership, upTo: budget)
         var large: [MeshMessage] = []
         for key in largeKeys {
             guard let item = broadcasts[key] else { continue }

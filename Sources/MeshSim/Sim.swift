@@ -301,6 +301,11 @@ public final class MeshSimulation {
         return max(.zero, seen[needed - 1])
     }
 
+    /// How many up nodes hold `origin`'s record `version`.
+    public func reached(origin: Int, version: UInt64) -> Int {
+        (firstSeen[origin]?[version] ?? [:]).keys.filter { nodes[$0].up }.count
+    }
+
     /// For each up observer, how long after `since` it declared `subject` dead (nil entries: not yet).
     public func detectionTimes(of subject: Int, since: Duration) -> [Duration?] {
         nodes.indices.filter { $0 != subject && nodes[$0].up }.map { observer in
