@@ -28,7 +28,7 @@ enum ChatOutcome: Sendable {
 extension Gateway {
     // MARK: Options and planning
 
-    func options(from request: Request, model: inout String) throws(APIError) -> RequestOptions {
+    func options(from request: Request, model: inout String, body: [UInt8]) throws(APIError) -> RequestOptions {
         var options = RequestOptions(strategy: configuration.routing.loadBalancing.enabled ? (configuration.routing.loadBalancing.strategy ?? configuration.routing.strategy) : configuration.routing.strategy)
         // OpenRouter-style suffixes: model:floor (cheapest), model:nitro (fastest).
         if let colon = model.lastIndex(of: ":") {
@@ -66,6 +66,21 @@ extension Gateway {
                 throw APIError.badRequest("x-aiproxy-metadata must be a JSON object", param: "x-aiproxy-metadata")
             }
             options.metadata = json.text
+        }
+        if let hop = request.headers[.aiproxyHop] {
+            // A forwarded request: a mesh member vouches for it instead of a client key.
+            guard let remote else {
+                throw APIError(status: 403, type: "permission_denied", code: "not_in_mesh", message: "this node is not in a mesh; it accepts no forwarded requests")
+            }
+            switch remote.verifyForward(hop: hop, body: body) {
+            case .success(let forwarded):
+                options.fromNode = forwarded.node
+                options.visited = forwarded.visited
+            case .failure(let error):
+                throw error
+            }
+        } else if configuration.security.authEnabled && request.headers[.authorization] == nil && request.headers[AuthMiddleware.apiKeyHeader] == nil {
+            throw APIError.unauthorized("missing API key: send Authorization: Bearer KEY")
         }
         return options
     }
@@ -136,7 +151,7 @@ extension Gateway {
             let bytes = try await readBody(request)
             var chat = try ChatRequest(bytes: bytes)
             var model = chat.model
-            let options = try self.options(from: request, model: &model)
+            let options = try self.options(from: request, model: &model, body: bytes)
             if model != chat.model {
                 // Strip the routing suffix from the body too.
                 let edited = chat.topLevel.splicing(chat.raw, replacingValueOf: "model", with: .string(model)) ?? chat.raw
@@ -191,7 +206,7 @@ extension Gateway {
             let cost = route.candidate.price.cost(of: response.usage)
             let path = self.path(for: route, downstream: response.headers)
             let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
-            let body = response.adding("x_aiproxy", info)
+            let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info)
             var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
             headers[.aiproxyCost] = JSON.money(cost).text
             headers[.aiproxyLatency] = String(latency.millisecondsRounded)
@@ -236,7 +251,7 @@ extension Gateway {
                 let cost = route.candidate.price.cost(of: usage)
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: usage,
                                        cost: cost, latency: ContinuousClock.now - start)
-                let augmented = data.last == UInt8(ascii: "}") ? JSON.appendingMember(to: data, closingBrace: data.count - 1, isEmpty: data.count <= 2, key: "x_aiproxy", value: info) : data
+                let augmented = data.last == UInt8(ascii: "}") ? Gateway.withAIProxy(data, closingBrace: data.count - 1, info: info) : data
                 buffer.writeSSEData(augmented)
                 buffer.writeSSEData(Array("[DONE]".utf8))
             }
@@ -292,7 +307,7 @@ extension Gateway {
             let bytes = try await readBody(request)
             let embeddingsRequest = try EmbeddingsRequest(bytes: bytes)
             modelName = embeddingsRequest.model
-            options = try self.options(from: request, model: &modelName)
+            options = try self.options(from: request, model: &modelName, body: bytes)
             let (plan, routes) = try self.plan(model: modelName, options: options, capabilities: [Capability.embeddings],
                                                inputTokens: embeddingsRequest.estimatedTokens, maxOutputTokens: 0)
             let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start)) { route, timeouts in
@@ -312,7 +327,7 @@ extension Gateway {
                 headers[.aiproxyCost] = JSON.money(cost).text
                 record(requestID: requestID, model: modelName, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "embeddings")
-                return JSONResponse.make(bytes: response.adding("x_aiproxy", info), headers: headers)
+                return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info), headers: headers)
             }
         } catch {
             recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: [], options: options, stream: false, start: start, endpoint: "embeddings")
@@ -327,6 +342,36 @@ extension Gateway {
             return [nodeName] + downstream.split(separator: ",").map { $0.trimmingWhitespace() }
         }
         return [nodeName] + route.pathSuffix
+    }
+
+    /// Adds `x_aiproxy` to a JSON object. When a peer already put its own there (a forwarded request),
+    /// that one moves to `x_aiproxy.downstream`, so the client sees one `x_aiproxy` with the whole path.
+    static let aiproxyMarker = Array("\"x_aiproxy\"".utf8)
+
+    static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard haystack.count >= needle.count, let first = needle.first else { return false }
+        var i = 0
+        let last = haystack.count - needle.count
+        while i <= last {
+            if haystack[i] == first {
+                var j = 1
+                while j < needle.count && haystack[i + j] == needle[j] { j += 1 }
+                if j == needle.count { return true }
+            }
+            i += 1
+        }
+        return false
+    }
+
+    static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: JSON) -> [UInt8] {
+        if Gateway.contains(bytes, Gateway.aiproxyMarker), case .object(var object)? = try? JSONParser.parse(bytes), let downstream = object["x_aiproxy"] {
+            object["x_aiproxy"] = nil
+            var merged = info.objectValue ?? [:]
+            merged["downstream"] = downstream
+            object["x_aiproxy"] = .object(merged)
+            return JSON.object(object).bytes
+        }
+        return JSON.appendingMember(to: bytes, closingBrace: closingBrace, isEmpty: bytes.count <= 2, key: "x_aiproxy", value: info)
     }
 
     func aiproxyInfo(requestID: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy,
@@ -371,7 +416,7 @@ extension Gateway {
         budget.add(cost: cost, nowMillis: now)
         guard let ledger, configuration.budget.trackCosts else { return }
         ledger.record(LedgerEntry(
-            requestID: requestID, timestampMillis: now, apiKey: apiKey, model: model, route: path, provider: path.last, node: nodeName,
+            requestID: requestID, timestampMillis: now, apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: path, provider: path.last, node: nodeName,
             fromNode: options.fromNode, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, tokensEstimated: usage.estimated,
             cost: cost, latencyMillis: latency.millisecondsRounded, status: status, outcome: outcome, attempts: attempts.count,
             attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error, metadata: options.metadata, endpoint: endpoint))
@@ -385,7 +430,7 @@ extension Gateway {
         }
         guard let ledger, configuration.budget.trackCosts, !model.isEmpty else { return }
         ledger.record(LedgerEntry(
-            requestID: requestID, timestampMillis: wallClockMillis(), apiKey: apiKey, model: model, route: [nodeName], provider: nil, node: nodeName,
+            requestID: requestID, timestampMillis: wallClockMillis(), apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: [nodeName], provider: nil, node: nodeName,
             fromNode: options.fromNode, latencyMillis: (ContinuousClock.now - start).millisecondsRounded, status: error.status, outcome: "error",
             attempts: attempts.count, attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error.message,
             metadata: options.metadata, endpoint: endpoint))

@@ -16,10 +16,24 @@ import Darwin
 
 /// Where routes beyond this node's own providers come from (the mesh plugs in here).
 public protocol RemoteRouteSource: Sendable {
-    /// Routes to peers that serve `model`, given the hops this request already took.
+    /// Routes to peers that serve `model`, given the nodes (ids) this request already passed through.
     func routes(for model: String, visited: [String]) -> [ExecutableRoute]
     /// Every model the peers offer, for `/v1/models`.
     func remoteModels() -> [RemoteModel]
+    /// Checks a forwarded request's `x-aiproxy-hop` header against its body.
+    func verifyForward(hop: String, body: [UInt8]) -> Result<ForwardedBy, APIError>
+}
+
+/// Who forwarded a request to this node.
+public struct ForwardedBy: Sendable {
+    /// The forwarding node's name (billed in the ledger as `node:NAME`).
+    public var node: String
+    /// Ids of the nodes the request passed through (never routed back to).
+    public var visited: [String]
+    public init(node: String, visited: [String]) {
+        self.node = node
+        self.visited = visited
+    }
 }
 
 /// A model a peer offers, as `/v1/models` lists it.

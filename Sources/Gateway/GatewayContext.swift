@@ -67,5 +67,6 @@ extension HTTPField.Name {
     static let aiproxyLocalOnly = HTTPField.Name("x-aiproxy-local-only")!
     static let aiproxyMetadata = HTTPField.Name("x-aiproxy-metadata")!
     static let aiproxyTimeout = HTTPField.Name("x-aiproxy-timeout")!
+    static let aiproxyHop = HTTPField.Name("x-aiproxy-hop")!
     static let accelBuffering = HTTPField.Name("x-accel-buffering")!
 }

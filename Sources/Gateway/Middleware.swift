@@ -36,9 +36,17 @@ struct AuthMiddleware: RouterMiddleware {
 
     static let publicPaths: Set<String> = ["/health", "/metrics"]
     static let apiKeyHeader = HTTPField.Name("x-api-key")!
+    /// The endpoints whose handlers verify a hop header against the body.
+    static let forwardablePaths: Set<String> = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/aiproxy/predict"]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard gateway.configuration.security.authEnabled, !AuthMiddleware.publicPaths.contains(request.uri.path) else {
+            return try await next(request, context)
+        }
+        // Forwarded by a mesh member: the handler checks the signed hop header against the body
+        // (client keys are checked at the entry node only).
+        if gateway.remote != nil, request.headers[.aiproxyHop] != nil, request.headers[.authorization] == nil,
+           AuthMiddleware.forwardablePaths.contains(request.uri.path) {
             return try await next(request, context)
         }
         let token: String

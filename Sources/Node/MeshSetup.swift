@@ -84,8 +84,9 @@ enum MeshSetup {
         swim.retransmitMultiplier = mesh.retransmitMultiplier
         var agent = AgentSettings()
         agent.pushPullInterval = mesh.pushPullInterval
-        let settings = MeshServiceSettings(listenHost: listen.host, listenPort: listen.port, advertise: advertise, seeds: seeds, meshKeys: keys,
+        var settings = MeshServiceSettings(listenHost: listen.host, listenPort: listen.port, advertise: advertise, seeds: seeds, meshKeys: keys,
                                            swim: swim, agent: agent, recordTTL: mesh.recordTTL)
+        settings.maxHops = mesh.maxHops
         let persistence: MeshPersistence?
         do { persistence = try MeshPersistence(path: "\(dataDir)/mesh.sqlite") } catch {
             throw NodeStartupError("cannot open \(dataDir)/mesh.sqlite: \(error)")

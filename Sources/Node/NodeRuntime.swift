@@ -98,7 +98,8 @@ public final class NodeRuntime: Sendable {
             meshTable = { MeshSetup.tableJSON(service) }
             meshRevoke = { text in service.submitRevocation(text: text) }
         }
-        let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger,
+        let remote: MeshRoutes? = mesh.map { MeshRoutes(service: $0, client: client, maxHops: configuration.node.mesh.maxHops) }
+        let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, initialSpend: spend)
         self.gateway = gateway
         if let mesh {

@@ -12,8 +12,13 @@ public struct OpenAIAdapter: ProviderAdapter {
     let upstream: Upstream
     /// Ask upstreams for `stream_options.include_usage` so streamed calls are priced exactly.
     let requestStreamUsage: Bool
+    /// Headers computed from the exact bytes sent and the request id (mesh forwarding signs its hop header here).
+    public typealias BodySigner = @Sendable (_ body: [UInt8], _ requestID: String) -> [(name: String, value: String)]
+    let signer: BodySigner?
 
-    public init(name: String, baseURL: String, apiKey: String?, headers: [(name: String, value: String)] = [], client: CurlClient, requestStreamUsage: Bool = true) {
+    public init(name: String, baseURL: String, apiKey: String?, headers: [(name: String, value: String)] = [], client: CurlClient, requestStreamUsage: Bool = true,
+                signer: BodySigner? = nil) {
+        self.signer = signer
         self.name = name
         self.baseURL = baseURL
         self.apiKey = apiKey
@@ -43,9 +48,13 @@ public struct OpenAIAdapter: ProviderAdapter {
             }
         }
         let body = BodyEdit.apply(edits, to: request.raw, topLevel: request.topLevel)
-        let outbound = OutboundRequest.post("\(baseURL)/chat/completions", json: body, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
+        let outbound = OutboundRequest.post("\(baseURL)/chat/completions", json: body, headers: requestHeaders(call.extraHeaders + (signer?(body, call.requestID) ?? [])),
+                                            timeouts: call.timeouts)
         if !request.stream {
-            return .complete(try OpenAIAdapter.completed(await upstream.fetch(outbound), request: request, providerName: name))
+            let (head, bytes) = try await upstream.fetchWithHead(outbound)
+            var completed = try OpenAIAdapter.completed(bytes, request: request, providerName: name)
+            completed.headers = head.headers.filter { $0.name.lowercased().hasPrefix("x-aiproxy-") }
+            return .complete(completed)
         }
         let response = try await upstream.start(outbound)
         guard response.head.header("content-type")?.lowercased().contains("text/event-stream") ?? true else {
@@ -78,7 +87,8 @@ public struct OpenAIAdapter: ProviderAdapter {
         var edits: [BodyEdit] = []
         if call.upstreamModel != request.model { edits.append(.replace(key: "model", with: .string(call.upstreamModel))) }
         let body = BodyEdit.apply(edits, to: request.raw, topLevel: request.topLevel)
-        let outbound = OutboundRequest.post("\(baseURL)/embeddings", json: body, headers: requestHeaders(call.extraHeaders), timeouts: call.timeouts)
+        let outbound = OutboundRequest.post("\(baseURL)/embeddings", json: body, headers: requestHeaders(call.extraHeaders + (signer?(body, call.requestID) ?? [])),
+                                            timeouts: call.timeouts)
         let bytes = try await upstream.fetch(outbound)
         let parsed: JSONParser.TopLevel
         do {

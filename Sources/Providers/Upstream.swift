@@ -33,6 +33,11 @@ struct Upstream: Sendable {
     /// Sends the request and returns the whole 2xx body (one wake-up, nothing streamed); on a
     /// non-2xx status throws the classified failure.
     func fetch(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws(ProviderFailure) -> [UInt8] {
+        try await fetchWithHead(request, maxBytes: maxBytes).1
+    }
+
+    /// `fetch`, keeping the response head (peers report their path in `x-aiproxy-route`).
+    func fetchWithHead(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws(ProviderFailure) -> (ResponseHead, [UInt8]) {
         let head: ResponseHead, body: [UInt8]
         do {
             (head, body) = try await client.send(request, maxBytes: maxBytes)
@@ -40,7 +45,7 @@ struct Upstream: Sendable {
             throw ProviderFailure.from(error)
         }
         guard (200..<300).contains(head.status) else { throw failure(status: head.status, head: head, body: body) }
-        return body
+        return (head, body)
     }
 
     func collect(_ response: OutboundResponse, maxBytes: Int = 64 << 20) async throws(ProviderFailure) -> [UInt8] {

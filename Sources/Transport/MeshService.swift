@@ -29,6 +29,10 @@ public struct MeshServiceSettings: Sendable {
     /// How often the own record is rebuilt and, if anything material changed, re-advertised.
     public var readvertiseCheck: Duration = .seconds(1)
     public var tcpTimeout: Duration = .seconds(5)
+    /// Most times a request may be forwarded (node.mesh.max_hops).
+    public var maxHops = 2
+    /// How far a hop header's timestamp may be from this node's clock.
+    public var hopWindowMillis: Int64 = 30_000
 
     public init(listenHost: String, listenPort: Int, advertise: PeerAddress? = nil, seeds: [PeerAddress] = [], meshKeys: [Packet.MeshKey] = [],
                 swim: SwimSettings = SwimSettings(), agent: AgentSettings = AgentSettings(), recordTTL: Duration = .seconds(300)) {
@@ -72,6 +76,7 @@ public final class MeshService: Service, Sendable {
     let tcp: Mutex<(any Channel)?> = Mutex(nil)
     let boundPortBox: Mutex<Int?> = Mutex(nil)
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
+    let seenHops: Mutex<[String: Int64]> = Mutex([:])
     let origin = ContinuousClock.now
     let stopping = Atomic<Bool>(false)
     /// Called for every refused packet or record (reason), for metrics.
@@ -475,6 +480,63 @@ public final class MeshService: Service, Sendable {
     public var trust: TrustStore { state.withLock { $0.agent.store.trust } }
 
     /// Applies an admin-signed revocation handed in by an operator and gossips it. Returns a problem, or nil.
+    // MARK: Forwarding
+
+    public struct VerifiedHop: Sendable {
+        public var from: NodeID
+        /// The forwarding node's name (from its record), or its short id.
+        public var fromName: String
+        /// Nodes the request passed through, the sender last.
+        public var visited: [NodeID]
+    }
+
+    public struct HopRefusal: Error, Sendable {
+        public var reason: String
+        public var message: String
+    }
+
+    /// The header for forwarding `body` to a peer; `visited` is what this request carried in (this node is appended).
+    public func signHop(requestID: String, body: [UInt8], visited: [NodeID]) -> String {
+        HopHeader.sign(from: identity, requestID: requestID, timestampMillis: wallMillis(), body: body, visited: visited + [nodeID]).value
+    }
+
+    /// Checks a forwarded request: a live, trusted member signed it, recently, for exactly this body,
+    /// not seen before, not looping back here, within `max_hops`.
+    public func verifyHop(_ value: String, body: [UInt8]) -> Result<VerifiedHop, HopRefusal> {
+        func refuse(_ reason: String, _ message: String) -> Result<VerifiedHop, HopRefusal> {
+            onRejection("hop_" + reason)
+            return .failure(HopRefusal(reason: reason, message: message))
+        }
+        let header: HopHeader
+        do { header = try HopHeader(value: value) } catch { return refuse("malformed", "the x-aiproxy-hop header is malformed") }
+        let wall = wallMillis()
+        let (member, trusted, name) = state.withLock { state in
+            (state.agent.swim.members[header.from], state.agent.store.trust.isTrusted(header.from, nowMillis: wall),
+             state.agent.store.table.entries[header.from]?.record.name)
+        }
+        guard let member, member.status == .alive || member.status == .suspect, trusted else {
+            return refuse("not_member", "forwarded requests are accepted only from live members of this mesh")
+        }
+        guard header.isSignatureValid else { return refuse("bad_signature", "the x-aiproxy-hop signature does not verify") }
+        guard abs(wall - header.timestampMillis) <= settings.hopWindowMillis else {
+            return refuse("stale", "the x-aiproxy-hop timestamp is outside the accepted window")
+        }
+        guard header.bodyDigest == Sodium.sha256(body) else { return refuse("digest", "the body does not match the x-aiproxy-hop digest") }
+        guard header.visited.last == header.from, !header.visited.contains(nodeID) else {
+            return refuse("loop", "the request already passed through this node")
+        }
+        guard header.visited.count <= settings.maxHops else { return refuse("hops", "the request exceeded max_hops (\(settings.maxHops))") }
+        let key = header.from.hex + "/" + header.requestID
+        let replay = seenHops.withLock { seen -> Bool in
+            if seen.count > 50_000 { seen = seen.filter { wall - $0.value < 2 * settings.hopWindowMillis } }
+            if seen[key] != nil { return true }
+            seen[key] = wall
+            return false
+        }
+        guard !replay else { return refuse("replay", "this forwarded request was already received") }
+        return .success(VerifiedHop(from: header.from, fromName: name.map { $0.isEmpty ? header.from.short : $0 } ?? header.from.short, visited: header.visited))
+    }
+
     public func submitRevocation(text: String) -> String? {
         let revocation: Revocation
         do { revocation = try Revocation(fileText: text) } catch { return "not an aimesh revocation (\(error.rawValue))" }

@@ -1,0 +1,78 @@
+import MeshCore
+import Sodium
+import Wire
+
+/// The signed `x-aiproxy-hop` header a node puts on every request it forwards to a peer
+/// (PROTOCOL.md §9): who forwards, which request, when, a digest of the exact body, and the nodes the
+/// request has passed through.
+///
+///     "AMH1" | from NodeID | request_id string8 | timestamp_ms i64 | body_sha256[32] | count u8 | visited NodeID × count | signature[64]
+public struct HopHeader: Sendable, Equatable {
+    static let magic: [UInt8] = Array("AMH1".utf8)
+    public static let name = "x-aiproxy-hop"
+    public static let maxVisited = 16
+
+    public var from: NodeID
+    public var requestID: String
+    public var timestampMillis: Int64
+    public var bodyDigest: [UInt8]
+    /// Every node the request passed through, the sender last.
+    public var visited: [NodeID]
+    public var signature: [UInt8]
+
+    public static func sign(from key: Ed25519.KeyPair, requestID: String, timestampMillis: Int64, body: [UInt8], visited: [NodeID]) -> HopHeader {
+        var header = HopHeader(from: key.nodeID, requestID: requestID, timestampMillis: timestampMillis, bodyDigest: Sodium.sha256(body),
+                               visited: Array(visited.prefix(maxVisited)), signature: [])
+        header.signature = key.sign(header.signedBytes)
+        return header
+    }
+
+    init(from: NodeID, requestID: String, timestampMillis: Int64, bodyDigest: [UInt8], visited: [NodeID], signature: [UInt8]) {
+        self.from = from
+        self.requestID = requestID
+        self.timestampMillis = timestampMillis
+        self.bodyDigest = bodyDigest
+        self.visited = visited
+        self.signature = signature
+    }
+
+    var signedBytes: [UInt8] {
+        var writer = ByteWriter(capacity: 128 + visited.count * 32)
+        writer.raw(HopHeader.magic)
+        writer.nodeID(from)
+        writer.string8(requestID)
+        writer.i64(timestampMillis)
+        writer.raw(bodyDigest)
+        writer.u8(UInt8(visited.count))
+        for node in visited { writer.nodeID(node) }
+        return writer.bytes
+    }
+
+    /// The header value: URL-safe base64 without padding.
+    public var value: String { ByteEncoding.base64(signedBytes + signature, url: true) }
+
+    /// Parses a header value (the signature is checked by `verify`).
+    public init(value: String) throws(Rejection) {
+        guard value.utf8.count <= 2048, let bytes = ByteEncoding.fromBase64(value) else { throw .malformed }
+        var reader = ByteReader(bytes)
+        do {
+            guard try reader.raw(4) == HopHeader.magic else { throw Rejection.malformed }
+            from = try reader.nodeID()
+            requestID = try reader.string8(max: 128, what: "request id")
+            timestampMillis = try reader.i64()
+            bodyDigest = try reader.raw(32)
+            let count = Int(try reader.u8())
+            guard count <= HopHeader.maxVisited else { throw Rejection.oversized }
+            visited = []
+            for _ in 0..<count { visited.append(try reader.nodeID()) }
+            signature = try reader.raw(64)
+            try reader.expectEnd()
+        } catch let error as Rejection {
+            throw error
+        } catch {
+            throw .malformed
+        }
+    }
+
+    public var isSignatureValid: Bool { Ed25519.verify(signature: signature, message: signedBytes, publicKey: from.bytes) }
+}

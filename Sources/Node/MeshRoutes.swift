@@ -1,0 +1,103 @@
+import CurlHTTP
+import Gateway
+import MeshCore
+import MeshState
+import Membership
+import Providers
+import Routing
+import Sodium
+import Transport
+import Wire
+
+/// Peers as routes (DESIGN.md §5): every live peer whose record advertises the model becomes a
+/// candidate priced as it advertises, with latency = this node's RTT to it plus the peer's own provider
+/// latency, and load = its advertised in-flight / capacity. Requests to it go over libcurl to its API
+/// with a signed hop header.
+final class MeshRoutes: RemoteRouteSource {
+    let service: MeshService
+    let client: CurlClient
+    let maxHops: Int
+    /// Forwarding timeouts (the executor narrows them to the request's deadline).
+    let connectTimeout: Duration = .seconds(3)
+    let firstByteTimeout: Duration = .seconds(120)
+    let idleTimeout: Duration = .seconds(120)
+
+    init(service: MeshService, client: CurlClient, maxHops: Int) {
+        self.service = service
+        self.client = client
+        self.maxHops = maxHops
+    }
+
+    struct PeerOffer {
+        var record: CapabilityRecord
+        var models: [CapabilityRecord.Model]
+        var rtt: Duration?
+    }
+
+    /// Live peers (alive members with a record) and what each offers of `model` (nil: every model).
+    func offers(model: String?) -> [PeerOffer] {
+        let live = Dictionary(uniqueKeysWithValues: service.members().filter { $0.status == .alive }.map { ($0.id, $0) })
+        return service.records().compactMap { entry in
+            let record = entry.record
+            guard record.origin != service.nodeID, live[record.origin] != nil else { return nil }
+            let up = Set(record.providers.filter(\.up).map(\.name))
+            let models = record.models.filter { (model == nil || $0.name == model) && (record.providers.isEmpty || up.contains($0.provider)) }
+            guard !models.isEmpty else { return nil }
+            return PeerOffer(record: record, models: models, rtt: service.roundTrip(to: record.origin))
+        }
+    }
+
+    func routes(for model: String, visited: [String]) -> [ExecutableRoute] {
+        // This node adds itself when forwarding; past max_hops only local routes remain.
+        guard visited.count + 1 <= maxHops else { return [] }
+        let visitedIDs = visited.compactMap(NodeID.init(hex:))
+        let excluded = Set(visitedIDs)
+        let service = self.service
+        return offers(model: model).enumerated().compactMap { index, offer -> ExecutableRoute? in
+            let record = offer.record
+            guard !excluded.contains(record.origin) else { return nil }
+            // The peer picks its own best provider; it is offered at its cheapest and fastest.
+            let cheapest = offer.models.min { $0.inputPer1M + $0.outputPer1M < $1.inputPer1M + $1.outputPer1M }!
+            let providerLatency = record.providers.filter { p in offer.models.contains { $0.provider == p.name } && p.latencyMillis > 0 }.map(\.latencyMillis).min()
+            var expected: Duration?
+            if let rtt = offer.rtt { expected = rtt + .milliseconds(Int64(providerLatency ?? 0)) } else if let providerLatency { expected = .milliseconds(Int64(providerLatency)) }
+            let errorRate = record.providers.filter { p in offer.models.contains { $0.provider == p.name } }.map(\.errorRate).min() ?? 0
+            let capacity = record.maxConcurrency > 0 ? Int(record.maxConcurrency) : nil
+            let load = capacity.map { min(1, Double(record.inFlight) / Double($0)) } ?? 0
+            let name = record.name.isEmpty ? record.origin.short : record.name
+            let capabilities = Array(Set(offer.models.flatMap(\.capabilities))).sorted()
+            let candidate = RouteCandidate(
+                id: "peer/\(name)", kind: .peer(nodeID: name), name: name, upstreamModel: model,
+                price: Price(inputPer1M: cheapest.inputPer1M, outputPer1M: cheapest.outputPer1M), priority: 1000, weight: 1, order: 10_000 + index,
+                capabilities: capabilities.isEmpty ? [Capability.textGeneration] : capabilities, expectedLatency: expected, capacity: capacity,
+                advertisedLoad: load, errorRate: errorRate)
+            let signer: OpenAIAdapter.BodySigner = { body, requestID in
+                // A fresh id per attempt: a retry is not a replay.
+                [(name: HopHeader.name, value: service.signHop(requestID: requestID + "." + ByteEncoding.hex(Sodium.randomBytes(4)), body: body, visited: visitedIDs))]
+            }
+            let base = record.apiAddress.hasSuffix("/") ? String(record.apiAddress.dropLast()) : record.apiAddress
+            let adapter = OpenAIAdapter(name: name, baseURL: base + "/v1", apiKey: nil, client: client, requestStreamUsage: true, signer: signer)
+            return ExecutableRoute(candidate: candidate, adapter: adapter, connectTimeout: connectTimeout, firstByteTimeout: firstByteTimeout,
+                                   idleTimeout: idleTimeout, defaultMaxTokens: 4096, pathSuffix: [name])
+        }
+    }
+
+    func remoteModels() -> [RemoteModel] {
+        offers(model: nil).flatMap { offer in
+            offer.models.map { model in
+                RemoteModel(model: model.name, node: offer.record.name.isEmpty ? offer.record.origin.short : offer.record.name, providerKind: model.providerKind,
+                            price: Price(inputPer1M: model.inputPer1M, outputPer1M: model.outputPer1M), available: true,
+                            latency: offer.rtt)
+            }
+        }
+    }
+
+    func verifyForward(hop: String, body: [UInt8]) -> Result<ForwardedBy, APIError> {
+        switch service.verifyHop(hop, body: body) {
+        case .success(let verified):
+            return .success(ForwardedBy(node: verified.fromName, visited: verified.visited.map(\.hex)))
+        case .failure(let refusal):
+            return .failure(APIError(status: 403, type: "permission_denied", code: "forward_refused", message: refusal.message))
+        }
+    }
+}
