@@ -82,12 +82,14 @@ public final class Gateway: Sendable {
     let meshStatus: (@Sendable () -> JSON)?
     /// Optional: `/aiproxy/mesh/table` (the mesh's signed record table).
     let meshTable: (@Sendable () -> JSON)?
+    /// Optional: `/aiproxy/mesh/topology`.
+    let meshTopology: (@Sendable () -> JSON)?
     /// Optional: takes an admin-signed revocation (file text) and gossips it; returns an error message or nil.
     public let meshRevoke: (@Sendable (String) -> String?)?
 
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
-                meshRevoke: (@Sendable (String) -> String?)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -106,6 +108,7 @@ public final class Gateway: Sendable {
         self.meshStatus = meshStatus
         self.meshTable = meshTable
         self.meshRevoke = meshRevoke
+        self.meshTopology = meshTopology
     }
 
     /// The Hummingbird router with every endpoint.
@@ -140,6 +143,13 @@ public final class Gateway: Sendable {
                                 message: "this node is not in a mesh; set node.mesh.enabled (or --gossip-listen / --peers)").response()
             }
             return JSONResponse.make(table())
+        }
+        router.get("/aiproxy/mesh/topology") { _, _ in
+            guard let topology = self.meshTopology else {
+                return APIError(status: 404, type: "not_found", code: "mesh_disabled",
+                                message: "this node is not in a mesh; set node.mesh.enabled (or --gossip-listen / --peers)").response()
+            }
+            return JSONResponse.make(topology())
         }
         router.post("/aiproxy/mesh/revocations") { request, _ in
             guard let revoke = self.meshRevoke else {

@@ -98,11 +98,14 @@ public final class MeshSimulation {
     public private(set) var verdicts: [Verdict] = []
     /// When each node first held each (origin index, version).
     public private(set) var firstSeen: [Int: [UInt64: [Int: Duration]]] = [:]
+    /// Fraction of UDP packets lost from now on (starts at `settings.loss`).
+    public var loss: Double
     public private(set) var packetsSent = 0
     public private(set) var packetsDropped = 0
 
     public init(_ settings: SimSettings) {
         self.settings = settings
+        self.loss = settings.loss
         self.random = SplitMix64(seed: settings.seed)
         for i in 0..<settings.nodes { nodes.append(makeNode(i, incarnation: 1)) }
     }
@@ -230,7 +233,7 @@ public final class MeshSimulation {
         nodes[from].bytesSent += bytes
         packetsSent += 1
         guard reachable(from, to) else { packetsDropped += 1; return }
-        if !reliable && settings.loss > 0 && Double(random.next() % 1_000_000) / 1_000_000 < settings.loss {
+        if !reliable && loss > 0 && Double(random.next() % 1_000_000) / 1_000_000 < loss {
             packetsDropped += 1
             return
         }

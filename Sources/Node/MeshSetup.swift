@@ -166,6 +166,55 @@ enum MeshSetup {
         }
     }
 
+    /// `GET /aiproxy/mesh/topology`: every node this one knows (itself first) and the edges it measured.
+    static func topologyJSON(_ service: MeshService, selfName: String) -> JSON {
+        let members = Dictionary(uniqueKeysWithValues: service.members().map { ($0.id, $0) })
+        let records = Dictionary(uniqueKeysWithValues: service.records().map { ($0.record.origin, $0.record) })
+        func name(_ id: NodeID) -> String {
+            if id == service.nodeID { return selfName }
+            if let record = records[id], !record.name.isEmpty { return record.name }
+            return id.short
+        }
+        var ids = [service.nodeID]
+        ids += members.keys.sorted { name($0) < name($1) }
+        for id in records.keys where !ids.contains(id) { ids.append(id) }
+        let nodes: [JSON] = ids.map { id in
+            var object: JSONObject = ["id": .string(id.hex), "name": .string(name(id)), "self": .bool(id == service.nodeID)]
+            if id == service.nodeID {
+                object["status"] = "healthy"
+                object["gossip"] = .string(service.address.description)
+            } else if let member = members[id] {
+                object["status"] = .string(peerStatus(member.status))
+                object["gossip"] = .string(member.address.description)
+            } else {
+                object["status"] = "unknown"
+            }
+            if let record = records[id] {
+                object["api"] = .string(record.apiAddress)
+                object["region"] = .string(record.region)
+                object["type"] = .string(record.nodeType)
+                let load = record.maxConcurrency > 0 ? min(1, Double(record.inFlight) / Double(record.maxConcurrency)) : 0
+                object["load"] = .double((load * 1000).rounded() / 1000)
+                object["in_flight"] = .int(Int(record.inFlight))
+                object["models"] = .array(record.models.map { ["name": .string($0.name), "provider": .string($0.provider), "kind": .string($0.providerKind),
+                                                               "local": .bool($0.local), "input_cost_per_1m": .double($0.inputPer1M),
+                                                               "output_cost_per_1m": .double($0.outputPer1M)] })
+                object["gpus"] = .array(record.gpus.map { ["name": .string($0.name), "memory_total_mb": .int(Int($0.memoryTotalMB)),
+                                                           "memory_used_mb": .int(Int($0.memoryUsedMB)), "utilization_percent": .int(Int($0.utilizationPercent))] })
+            } else {
+                object["models"] = []
+                object["gpus"] = []
+            }
+            return .object(object)
+        }
+        let edges: [JSON] = members.values.filter { $0.status == .alive || $0.status == .suspect }.sorted { name($0.id) < name($1.id) }.map { member in
+            ["from": .string(selfName), "to": .string(name(member.id)),
+             "rtt_ms": service.roundTrip(to: member.id).map { .double($0.millisecondsRounded) } ?? .null,
+             "status": .string(peerStatus(member.status))]
+        }
+        return ["node": .string(selfName), "nodes": .array(nodes), "edges": .array(edges)]
+    }
+
     /// `GET /aiproxy/mesh/table`: every record with this node's own view of its origin.
     static func tableJSON(_ service: MeshService) -> JSON {
         let members = Dictionary(uniqueKeysWithValues: service.members().map { ($0.id, $0) })

@@ -93,21 +93,25 @@ public final class NodeRuntime: Sendable {
         var meshStatus: (@Sendable () -> JSON)?
         var meshTable: (@Sendable () -> JSON)?
         var meshRevoke: (@Sendable (String) -> String?)?
+        var meshTopology: (@Sendable () -> JSON)?
+        let selfName = configuration.node.name ?? configuration.node.id
         if let service = mesh {
+            meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
             meshStatus = { MeshSetup.statusJSON(service) }
             meshTable = { MeshSetup.tableJSON(service) }
             meshRevoke = { text in service.submitRevocation(text: text) }
         }
         let remote: MeshRoutes? = mesh.map { MeshRoutes(service: $0, client: client, maxHops: configuration.node.mesh.maxHops) }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
-                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, initialSpend: spend)
+                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr
             let advertised = configuration.node.mesh.advertiseAPI
             mesh.setRecordContent(MeshSetup.recordContent(gateway: gateway, configuration: configuration, apiAddress: { [weak self] in
                 if let advertised { return advertised }
-                let port = self?.port ?? listen.port
+                // Not known until the HTTP server listens (port 0): nothing to advertise yet.
+                guard let port = self?.port ?? (listen.port == 0 ? nil : listen.port) else { return "" }
                 let host = listen.host == "0.0.0.0" || listen.host == "::" ? "127.0.0.1" : listen.host
                 return "http://\(host):\(port)"
             }, gpus: GPUProbe()))
@@ -155,6 +159,8 @@ public final class NodeRuntime: Sendable {
                     return state.waiters
                 }
                 for waiter in waiters { waiter.resume(returning: port) }
+                // Now peers can be told where this node's API is.
+                self.mesh?.readvertise()
                 self.logger.notice("aimesh node listening", metadata: ["node.id": "\(self.configuration.node.id)", "api": "\(HostPort(host: listen.host, port: port))"])
             },
             logger: logger

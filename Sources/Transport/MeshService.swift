@@ -130,17 +130,31 @@ public final class MeshService: Service, Sendable {
 
     /// Binds UDP and TCP and joins; `run()` calls it, tests may call it directly.
     public func start() async throws {
-        let udpChannel = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { channel in channel.pipeline.addHandler(UDPHandler(service: self)) }
-            .bind(host: settings.listenHost, port: settings.listenPort).get()
-        let port = udpChannel.localAddress?.port ?? settings.listenPort
-        let tcpChannel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.pipeline.addHandler(ByteToMessageHandler(FrameDecoder())).flatMap { channel.pipeline.addHandler(TCPServerHandler(service: self)) }
+        // UDP and TCP share one port. With port 0 the kernel picks the UDP port, and that number may
+        // already be taken for TCP: try again with another.
+        var attempt = 0
+        var bound: (udp: any Channel, tcp: any Channel, port: Int)?
+        while bound == nil {
+            attempt += 1
+            let udpChannel = try await DatagramBootstrap(group: group)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelInitializer { channel in channel.pipeline.addHandler(UDPHandler(service: self)) }
+                .bind(host: settings.listenHost, port: settings.listenPort).get()
+            let port = udpChannel.localAddress?.port ?? settings.listenPort
+            do {
+                let tcpChannel = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelInitializer { channel in
+                        channel.pipeline.addHandler(ByteToMessageHandler(FrameDecoder())).flatMap { channel.pipeline.addHandler(TCPServerHandler(service: self)) }
+                    }
+                    .bind(host: settings.listenHost, port: port).get()
+                bound = (udpChannel, tcpChannel, port)
+            } catch {
+                try? await udpChannel.close()
+                guard settings.listenPort == 0, attempt < 20 else { throw error }
             }
-            .bind(host: settings.listenHost, port: port).get()
+        }
+        guard let (udpChannel, tcpChannel, port) = bound else { return }
         udp.withLock { $0 = udpChannel }
         tcp.withLock { $0 = tcpChannel }
         boundPortBox.withLock { $0 = port }
@@ -209,6 +223,8 @@ public final class MeshService: Service, Sendable {
     func readvertiseIfChanged(force: Bool) {
         guard let build = content.withLock({ $0 }) else { return }
         var record = build()
+        // No API address yet (the HTTP server is still starting): a record without one is useless to peers.
+        guard !record.apiAddress.isEmpty else { return }
         let wall = wallMillis()
         let address = self.address
         record.origin = nodeID

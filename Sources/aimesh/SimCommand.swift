@@ -77,14 +77,18 @@ struct SimCommand: ParsableCommand {
         let worst = detections.last
         let falseAfterCrash = sim.falsePositives(since: crashedAt, crashed: [victim])
 
-        // False positives under loss, in a fresh mesh.
+        // False positives under loss: a fresh mesh, joined and settled, then `loss` of every datagram
+        // dropped for `lossSeconds` (a running mesh on a bad network; TCP push-pull still works).
         var lossy = settings
-        lossy.loss = loss
         lossy.seed = seed &+ 1
         let lossySim = MeshSimulation(lossy)
         lossySim.bootstrap(stagger: nodes > 200 ? .milliseconds(1) : .milliseconds(5))
+        let lossyLimit = lossySim.now + .seconds(120)
+        repeat { lossySim.run(for: .seconds(1)) } while lossySim.now < lossyLimit && (!lossySim.converged() || lossySim.nodes.contains { $0.agent.swim.pendingBroadcasts > 0 })
+        let lossStart = lossySim.now
+        lossySim.loss = loss
         lossySim.run(for: .seconds(Int64(lossSeconds)))
-        let falsePositives = lossySim.falsePositives()
+        let falsePositives = lossySim.falsePositives(since: lossStart)
 
         func s(_ d: Duration?) -> String { d.map { String(Double(Int(($0.seconds * 1000).rounded())) / 1000) + " s" } ?? "never" }
         if json {
