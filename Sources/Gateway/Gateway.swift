@@ -144,6 +144,11 @@ public final class Gateway: Sendable {
             }
             return JSONResponse.make(table())
         }
+        router.get("/ui") { _, _ in
+            var buffer = ByteBuffer()
+            buffer.writeString(MeshPage.html)
+            return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"], body: ResponseBody(byteBuffer: buffer))
+        }
         router.get("/aiproxy/mesh/topology") { _, _ in
             guard let topology = self.meshTopology else {
                 return APIError(status: 404, type: "not_found", code: "mesh_disabled",

@@ -34,7 +34,8 @@ struct AuthMiddleware: RouterMiddleware {
     typealias Context = GatewayContext
     let gateway: Gateway
 
-    static let publicPaths: Set<String> = ["/health", "/metrics"]
+    /// No key needed: liveness, metrics, and the map page (its data requests carry the key).
+    static let publicPaths: Set<String> = ["/health", "/metrics", "/ui"]
     static let apiKeyHeader = HTTPField.Name("x-api-key")!
     /// The endpoints whose handlers verify a hop header against the body.
     static let forwardablePaths: Set<String> = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/aiproxy/predict"]
