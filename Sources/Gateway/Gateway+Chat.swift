@@ -203,7 +203,7 @@ extension Gateway {
             return error.response(extraHeaders: headers)
         case .success(.complete(let response), let route, let attempts, let upstreamTime):
             let latency = ContinuousClock.now - start
-            let cost = route.candidate.price.cost(of: response.usage)
+            let cost = Gateway.downstreamCost(response.body, route: route) ?? route.candidate.price.cost(of: response.usage)
             let path = self.path(for: route, downstream: response.headers)
             let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info)
@@ -238,6 +238,7 @@ extension Gateway {
         var outcome = "ok"
         var errorMessage: String?
         var status = 200
+        var finalCost: Double?
         var buffer = ByteBuffer()
         buffer.reserveCapacity(1024)
         defer { board.ended(route.candidate.id) }
@@ -248,7 +249,8 @@ extension Gateway {
                 buffer.writeSSEData(data)
             case .final(let data):
                 let usage = stream.usage
-                let cost = route.candidate.price.cost(of: usage)
+                let cost = Gateway.downstreamCost(data, route: route) ?? route.candidate.price.cost(of: usage)
+                finalCost = cost
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: usage,
                                        cost: cost, latency: ContinuousClock.now - start)
                 let augmented = data.last == UInt8(ascii: "}") ? Gateway.withAIProxy(data, closingBrace: data.count - 1, info: info) : data
@@ -290,7 +292,7 @@ extension Gateway {
         }
         try? await writer.finish(nil)
         let usage = stream.usage
-        let cost = route.candidate.price.cost(of: usage)
+        let cost = finalCost ?? route.candidate.price.cost(of: usage)
         record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: usage, cost: cost, latency: ContinuousClock.now - start,
                upstreamTime: nil, status: status, outcome: outcome, attempts: attempts, options: options, stream: true, error: errorMessage, endpoint: endpoint)
     }
@@ -347,6 +349,13 @@ extension Gateway {
     /// Adds `x_aiproxy` to a JSON object. When a peer already put its own there (a forwarded request),
     /// that one moves to `x_aiproxy.downstream`, so the client sees one `x_aiproxy` with the whole path.
     static let aiproxyMarker = Array("\"x_aiproxy\"".utf8)
+
+    /// What a peer charged for a forwarded request (its `x_aiproxy.cost`): the route it took there may
+    /// not be the cheapest one it advertised.
+    static func downstreamCost(_ bytes: [UInt8], route: ExecutableRoute) -> Double? {
+        guard case .peer = route.candidate.kind, contains(bytes, aiproxyMarker), let json = try? JSONParser.parse(bytes) else { return nil }
+        return json["x_aiproxy"]?["cost"]?.doubleValue
+    }
 
     static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
         guard haystack.count >= needle.count, let first = needle.first else { return false }

@@ -364,7 +364,7 @@ struct SectionParser {
         if provider.models.isEmpty && members.contains(where: { $0.key == "models" }) == false {
             reader.error(field, "provider '\(name)' lists no models; add models: [{ name: ..., upstream_model: ... }]")
         }
-        if entry.wireFormat == .cloudflare && provider.credentials.accountID == nil && provider.enabled && !provider.baseURL.contains("/accounts/") && !provider.baseURL.contains("gateway.ai.cloudflare.com") {
+        if entry.wireFormat == .cloudflare && provider.credentials.accountID == nil && provider.enabled && provider.credentials.bearer != nil && !provider.baseURL.contains("/accounts/") && !provider.baseURL.contains("gateway.ai.cloudflare.com") {
             reader.error(field, "cloudflare provider '\(name)' needs credentials.account_id")
         }
         if (entry.needsKey || unsetKeyVariable != nil) && provider.credentials.bearer == nil && provider.enabled {

@@ -12,149 +12,178 @@ import Glibc
 import Darwin
 #endif
 
-/// The embedded default: a node on loopback in front of stand-in upstreams that speak the real wire
-/// formats, serving real requests, then its status.
+/// The README's first command: three nodes on loopback from `mesh-configs/demo-*.yaml` — a GPU box
+/// with a local model server, an edge node, a cloud gateway — joined from one seed, serving requests
+/// for models only another node has, failing over across the mesh, then the topology.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run the embedded demo: a node on loopback in front of local and cloud stand-ins, real requests, failover, then its status."
+        abstract: "Run the mesh demo: three nodes on loopback (GPU box, edge, cloud gateway) serving each other's models, failover, then the topology."
     )
 
-    @Option(name: .long, help: "Directory for the demo's data (a fresh temporary one by default).")
+    @Option(name: .long, help: "Directory holding demo-gpu.yaml, demo-edge.yaml and demo-cloud.yaml.")
+    var configs: String = "mesh-configs"
+
+    @Option(name: .long, help: "A real OpenAI-style model server for the GPU box (e.g. llama-cpp-python's, http://127.0.0.1:8000/v1); a stand-in otherwise.")
+    var localURL: String?
+
+    @Option(name: .long, help: "The model id that server expects.")
+    var localModel: String?
+
+    @Option(name: .long, help: "Directory for the nodes' data (a fresh temporary one by default).")
     var dataDir: String?
 
-    static func configYAML(local: Int, groq: Int, anthropic: Int, gemini: Int, workers: Int, dataDir: String) -> String {
-        """
-        node: { id: demo-node, region: local, type: hybrid, data_dir: "\(dataDir)" }
-        server: { listen_addr: "127.0.0.1:0" }
-        providers:
-          local:                        # an OpenAI-style server on this machine (llama.cpp, vLLM, Ollama…)
-            type: local
-            base_url: http://127.0.0.1:\(local)/v1
-            priority: 1
-            models: [ { name: llama-3.1-8b, upstream_model: "llama3.1:8b" } ]
-          groq:                         # a cloud account (stand-in speaking OpenAI's format)
-            type: openai_compatible
-            base_url: http://127.0.0.1:\(groq)/openai/v1
-            credentials: { api_key: demo-groq-key }
-            models:
-              - { name: llama-3.1-8b, upstream_model: llama-3.1-8b-instant, input_cost_per_1m: 0.05, output_cost_per_1m: 0.08 }
-          anthropic:                    # stand-in speaking Anthropic's Messages API
-            type: anthropic
-            base_url: http://127.0.0.1:\(anthropic)
-            credentials: { api_key: demo-anthropic-key }
-            models: [ { name: claude-sonnet, upstream_model: claude-sonnet-4-5, input_cost_per_1m: 3, output_cost_per_1m: 15 } ]
-          gemini:                       # stand-in speaking Gemini's generateContent
-            type: gemini
-            base_url: http://127.0.0.1:\(gemini)
-            credentials: { api_key: demo-gemini-key }
-            models: [ { name: gemini-flash, upstream_model: gemini-2.5-flash, input_cost_per_1m: 0.3, output_cost_per_1m: 2.5 } ]
-          workers-ai:                   # stand-in speaking Cloudflare Workers AI
-            type: cloudflare
-            base_url: http://127.0.0.1:\(workers)/client/v4
-            credentials: { account_id: demo-account, api_token: demo-cf-token }
-            models: [ { name: llama-3.1-8b-cf, upstream_model: "@cf/meta/llama-3.1-8b-instruct", input_cost_per_1m: 0.28, output_cost_per_1m: 0.83 } ]
-        routing:
-          strategy: cost_optimized
-          failover: { enabled: true, max_retries: 3, retry_delay: 50ms }
-        """
-    }
-
     func run() async throws {
-        LogSetup.bootstrap(level: "warning", format: .text, output: "stderr")
+        LogSetup.bootstrap(level: "error", format: .text, output: "stderr")
         let directory = dataDir ?? "/tmp/aimesh-demo-\(getpid())"
-        let local = try await MockUpstream.start(.init(name: "local-gpu", latency: .milliseconds(15), eventInterval: .milliseconds(15)))
+        var mocks: [MockUpstream] = []
+        let localServer: MockUpstream? = localURL == nil ? try await MockUpstream.start(.init(name: "gpu-box's local model", latency: .milliseconds(20), eventInterval: .milliseconds(15))) : nil
+        if let localServer { mocks.append(localServer) }
         let groq = try await MockUpstream.start(.init(name: "groq", latency: .milliseconds(40), requiredKey: "demo-groq-key"))
-        let anthropic = try await MockUpstream.start(.init(name: "anthropic", latency: .milliseconds(60), requiredKey: "demo-anthropic-key"))
+        let anthropic = try await MockUpstream.start(.init(name: "anthropic", latency: .milliseconds(60), eventInterval: .milliseconds(20), requiredKey: "demo-anthropic-key"))
         let gemini = try await MockUpstream.start(.init(name: "gemini", latency: .milliseconds(50), eventInterval: .milliseconds(20), requiredKey: "demo-gemini-key"))
         let workers = try await MockUpstream.start(.init(name: "workers-ai", latency: .milliseconds(30), requiredKey: "demo-cf-token"))
-        let yaml = DemoCommand.configYAML(local: local.port, groq: groq.port, anthropic: anthropic.port, gemini: gemini.port, workers: workers.port, dataDir: directory)
-        let outcome = ConfigLoader.parse(yaml: yaml, file: "<embedded demo config>")
-        guard let configuration = outcome.configuration else {
-            for diagnostic in outcome.diagnostics { printError(diagnostic.description) }
-            throw ExitCode(1)
+        mocks += [groq, anthropic, gemini, workers]
+        var environment: [String: String] = [
+            "AIMESH_DEMO_DIR": directory,
+            "AIMESH_DEMO_LOCAL_URL": localURL ?? "\(localServer!.baseURL)/v1",
+            "AIMESH_DEMO_GROQ_URL": "\(groq.baseURL)/openai/v1", "GROQ_API_KEY": "demo-groq-key",
+            "AIMESH_DEMO_ANTHROPIC_URL": "\(anthropic.baseURL)/v1", "ANTHROPIC_API_KEY": "demo-anthropic-key",
+            "AIMESH_DEMO_GEMINI_URL": "\(gemini.baseURL)/v1beta", "GEMINI_API_KEY": "demo-gemini-key",
+            "AIMESH_DEMO_WORKERS_URL": "\(workers.baseURL)/client/v4", "CLOUDFLARE_ACCOUNT_ID": "demo-account", "CLOUDFLARE_API_TOKEN": "demo-cf-token",
+        ]
+        if let localModel { environment["AIMESH_DEMO_LOCAL_MODEL"] = localModel }
+        for key in ["GPU", "EDGE", "CLOUD"] {
+            environment["AIMESH_DEMO_\(key)_API"] = "0"
+            environment["AIMESH_DEMO_\(key)_GOSSIP"] = "0"
         }
-        let runtime = try NodeRuntime(configuration: configuration, logger: Logger(label: "aimesh.demo"))
-        let server = Task { try await runtime.run(handleSignals: false) }
-        let port = try await runtime.waitUntilListening()
-        let base = "http://127.0.0.1:\(port)"
-        print("aimesh demo: node 'demo-node' on \(base), data in \(directory)\n")
+
+        func load(_ file: String) throws -> NodeConfiguration {
+            let path = "\(configs)/\(file)"
+            let outcome = ConfigLoader.check(path: path, environment: environment)
+            guard let configuration = outcome.configuration, outcome.errors.isEmpty else {
+                for diagnostic in outcome.diagnostics { printError(diagnostic.description) }
+                printError("aimesh demo: run it from the repository root (it reads \(configs)/demo-*.yaml), or pass --configs DIR")
+                throw ExitCode(1)
+            }
+            return configuration
+        }
+        var runtimes: [(name: String, runtime: NodeRuntime, task: Task<Void, any Error>, base: String)] = []
+        func start(_ file: String) async throws -> (NodeRuntime, String) {
+            let runtime = try NodeRuntime(configuration: try load(file), logger: Logger(label: "aimesh.demo"))
+            let task = Task { try await runtime.run(handleSignals: false) }
+            let port = try await runtime.waitUntilListening()
+            let base = "http://127.0.0.1:\(port)"
+            runtimes.append((runtime.configuration.node.id, runtime, task, base))
+            return (runtime, base)
+        }
+        print("aimesh demo: three nodes on 127.0.0.1 from \(configs)/demo-*.yaml, data in \(directory)")
+        print(localURL.map { "gpu-box's local model server: \($0) (real)" } ?? "gpu-box's local model server: a stand-in speaking OpenAI's format (pass --local-url for a real one)")
+        print("cloud accounts: stand-ins speaking Groq (OpenAI), Anthropic, Gemini and Workers AI formats\n")
 
         let client = CurlClient()
         defer { client.shutdown() }
-        func chat(_ model: String, _ prompt: String, stream: Bool = false, headers: [(name: String, value: String)] = []) async throws {
-            let body: JSON = ["model": .string(model), "messages": [["role": "user", "content": .string(prompt)]], "stream": .bool(stream)]
-            print("→ \(model)\(stream ? " (streaming)" : ""): \(prompt)")
-            let response = try await client.start(.post(base + "/v1/chat/completions", json: body.bytes, headers: headers))
-            if stream {
-                var parser = SSEParser()
-                var info: JSON?
-                fputs("  ", stdout)
-                while let chunk = try await response.next() {
-                    for event in try parser.feed(chunk) where !event.isDone {
-                        guard let data = try? JSONParser.parse(event.data) else { continue }
-                        if let text = data["choices"]?[0]?["delta"]?["content"]?.stringValue { fputs(text, stdout); fflush(stdout) }
-                        if let aiproxy = data["x_aiproxy"] { info = aiproxy }
-                    }
-                }
-                print("")
-                printInfo(info)
-            } else {
-                let bytes = try await response.collect(maxBytes: 1 << 20)
-                let json = try JSONParser.parse(bytes)
-                if response.head.status >= 400 {
-                    print("  error \(response.head.status): \(json["error"]?["message"]?.stringValue ?? "?")")
-                } else {
-                    print("  \(ChatCommandOutput.text(of: json["choices"]?[0]?["message"]?["content"]))")
-                    printInfo(json["x_aiproxy"])
-                }
-            }
-            print("")
-        }
-        func printInfo(_ info: JSON?) {
-            guard let info else { return }
-            let route = info["route"]?.arrayValue?.compactMap(\.stringValue).joined(separator: " → ") ?? "?"
-            let attempts = info["attempts"]?.arrayValue?.map { "\($0["route"]?.stringValue ?? "?"):\($0["outcome"]?.stringValue ?? "?")" }.joined(separator: ", ") ?? ""
-            print("  x_aiproxy: route \(route) · cost $\(info["cost"]?.doubleValue ?? 0) · \(info["tokens"]?["total"]?.intValue ?? 0) tokens · \(info["latency_ms"]?.doubleValue ?? 0) ms · attempts [\(attempts)]")
-        }
-
         do {
-            try await chat("llama-3.1-8b", "What is a mesh?")
-            try await chat("claude-sonnet", "Translate 'mesh' to French.")
-            try await chat("gemini-flash", "Name three prime numbers.", stream: true)
-            try await chat("llama-3.1-8b-cf", "Say hi from the edge.")
-            print("Failover: the local GPU server now answers 503; the same request moves to the next route.")
-            local.enqueue(.status(503), times: 1)
-            try await chat("llama-3.1-8b", "Are you still there?")
-            print("Per-request override: latency_optimized picks the fastest measured route.")
-            try await chat("llama-3.1-8b", "Quick one.", headers: [("x-aiproxy-strategy", "latency_optimized")])
-            try await chat("no-such-model", "Hello?")
+            let (gpu, gpuBase) = try await start("demo-gpu.yaml")
+            // The others join through the GPU box's gossip port.
+            var seedPort: Int?
+            for _ in 0..<500 where seedPort == nil {
+                seedPort = gpu.mesh?.boundPort
+                if seedPort == nil { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            environment["AIMESH_DEMO_GPU_GOSSIP"] = String(seedPort ?? 0)
+            let (_, edgeBase) = try await start("demo-edge.yaml")
+            let (_, cloudBase) = try await start("demo-cloud.yaml")
+            for entry in runtimes { print("  \(entry.name.padding(8)) API \(entry.base)   gossip 127.0.0.1:\(entry.runtime.mesh?.boundPort ?? 0)") }
 
-            let status = try JSONParser.parse(try await client.send(OutboundRequest(url: base + "/aiproxy/mesh/status")).1)
-            print("Node status (GET /aiproxy/mesh/status):")
-            var rows: [[String]] = [["PROVIDER", "TYPE", "STATUS", "MODELS"]]
-            for member in status["providers"]?.objectValue ?? [:] {
-                rows.append([member.key, member.value["type"]?.stringValue ?? "-", member.value["status"]?.stringValue ?? "-",
-                             member.value["models"]?.arrayValue?.compactMap(\.stringValue).joined(separator: ", ") ?? ""])
+            // Wait until every node sees the other two and every model.
+            let started = ContinuousClock.now
+            let everything: Set<String> = ["smollm2", "llama-3.1-8b", "claude-sonnet", "gemini-flash", "llama-3.1-8b-cf"]
+            var settled = false
+            while !settled && ContinuousClock.now - started < .seconds(20) {
+                settled = true
+                for entry in runtimes {
+                    let models = try JSONParser.parse(try await client.send(OutboundRequest(url: entry.base + "/v1/models")).1)
+                    let ids = Set((models["data"]?.arrayValue ?? []).compactMap { $0["id"]?.stringValue })
+                    if !everything.isSubset(of: ids) { settled = false }
+                }
+                if !settled { try await Task.sleep(for: .milliseconds(50)) }
             }
-            print(Table.render(rows))
-            let routes = try JSONParser.parse(try await client.send(OutboundRequest(url: base + "/aiproxy/routes")).1)
-            print("\nRoutes as this node has measured them (GET /aiproxy/routes):")
-            var routeRows: [[String]] = [["ROUTE", "BREAKER", "LATENCY", "OK", "FAILED"]]
-            for route in routes["routes"]?.arrayValue ?? [] {
-                routeRows.append([route["route"]?.stringValue ?? "?", route["breaker"]?.stringValue ?? "?",
-                                  route["latency_ms"]?.doubleValue.map { "\(Int($0.rounded())) ms" } ?? "-",
-                                  String(route["successes"]?.intValue ?? 0), String(route["failures"]?.intValue ?? 0)])
+            let took = ContinuousClock.now - started
+            print(settled ? "\nJoined from one seed; every node sees every model in \(took.millisecondsRounded) ms.\n" : "\nThe mesh did not settle in 20 s.\n")
+
+            let chat = DemoChat(client: client)
+            try await chat.ask(edgeBase, "edge", "smollm2", "Which node answers me?")
+            try await chat.ask(gpuBase, "gpu-box", "claude-sonnet", "Translate 'mesh' to French.")
+            try await chat.ask(cloudBase, "cloud-gw", "smollm2", "Stream from the GPU box, please.", stream: true)
+            try await chat.ask(edgeBase, "edge", "gemini-flash", "Name three prime numbers.", stream: true)
+            try await chat.ask(cloudBase, "cloud-gw", "llama-3.1-8b-cf", "Hello from the cloud to the edge.")
+            if let localServer {
+                print("Failover across the mesh: gpu-box's model server now answers 503.")
+                localServer.setSticky(.status(503))
+                try await chat.ask(edgeBase, "edge", "llama-3.1-8b", "Are you still there?")
+                localServer.setSticky(nil)
             }
-            print(Table.render(routeRows))
+            try await chat.ask(edgeBase, "edge", "no-such-model", "Hello?")
+
+            let topology = try JSONParser.parse(try await client.send(OutboundRequest(url: edgeBase + "/aiproxy/mesh/topology")).1)
+            print("The mesh as edge sees it (GET /aiproxy/mesh/topology, also `aimesh topology` and \(edgeBase)/ui):\n")
+            print(TopologyRender.table(topology))
         } catch {
             printError("demo failed: \(error)")
         }
-        await runtime.shutdown()
-        _ = try? await server.value
-        if let ledger = runtime.ledger {
-            print("\nLedger: \(ledger.committedSequence) requests recorded in \(ledger.path)")
+        for entry in runtimes.reversed() {
+            await entry.runtime.shutdown()
+            _ = try? await entry.task.value
         }
-        for mock in [local, groq, anthropic, gemini, workers] { await mock.shutdown() }
+        let recorded = runtimes.compactMap { $0.runtime.ledger.map { "\($0.committedSequence) in \($0.path)" } }
+        print("\nLedgers: " + recorded.joined(separator: "; "))
+        for mock in mocks { await mock.shutdown() }
     }
+}
+
+/// Sends one chat request and prints the answer with its route.
+struct DemoChat {
+    let client: CurlClient
+
+    func ask(_ base: String, _ nodeName: String, _ model: String, _ prompt: String, stream: Bool = false) async throws {
+        let body: JSON = ["model": .string(model), "messages": [["role": "user", "content": .string(prompt)]], "stream": .bool(stream)]
+        print("→ \(nodeName) · \(model)\(stream ? " (streaming)" : ""): \(prompt)")
+        let response = try await client.start(.post(base + "/v1/chat/completions", json: body.bytes))
+        if stream && response.head.status == 200 {
+            var parser = SSEParser()
+            var info: JSON?
+            fputs("  ", stdout)
+            while let chunk = try await response.next() {
+                for event in try parser.feed(chunk) where !event.isDone {
+                    guard let data = try? JSONParser.parse(event.data) else { continue }
+                    if let text = data["choices"]?[0]?["delta"]?["content"]?.stringValue { fputs(text, stdout); fflush(stdout) }
+                    if let aiproxy = data["x_aiproxy"] { info = aiproxy }
+                }
+            }
+            print("")
+            printInfo(info)
+        } else {
+            let bytes = try await response.collect(maxBytes: 1 << 20)
+            let json = try JSONParser.parse(bytes)
+            if response.head.status >= 400 {
+                print("  error \(response.head.status): \(json["error"]?["message"]?.stringValue ?? "?")")
+            } else {
+                print("  \(ChatCommandOutput.text(of: json["choices"]?[0]?["message"]?["content"]))")
+                printInfo(json["x_aiproxy"])
+            }
+        }
+        print("")
+    }
+
+    func printInfo(_ info: JSON?) {
+        guard let info else { return }
+        let route = info["route"]?.arrayValue?.compactMap(\.stringValue).joined(separator: " → ") ?? "?"
+        let attempts = info["attempts"]?.arrayValue?.map { "\($0["route"]?.stringValue ?? "?"):\($0["outcome"]?.stringValue ?? "?")" }.joined(separator: ", ") ?? ""
+        print("  x_aiproxy: route \(route) · cost $\(info["cost"]?.doubleValue ?? 0) · \(info["tokens"]?["total"]?.intValue ?? 0) tokens · \(info["latency_ms"]?.doubleValue ?? 0) ms · attempts [\(attempts)]")
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
 }
