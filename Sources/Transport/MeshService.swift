@@ -71,7 +71,7 @@ public final class MeshService: Service, Sendable {
     let state: Mutex<State>
     let persistence: MeshPersistence?
     let content: Mutex<RecordContent?> = Mutex(nil)
-    let group: MultiThreadedEventLoopGroup
+    let group: any EventLoopGroup
     let udp: Mutex<(any Channel)?> = Mutex(nil)
     let tcp: Mutex<(any Channel)?> = Mutex(nil)
     let boundPortBox: Mutex<Int?> = Mutex(nil)
@@ -92,7 +92,9 @@ public final class MeshService: Service, Sendable {
         self.persistence = persistence
         self.onRejection = onRejection
         self.onEvent = onEvent
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        // NIO's shared group: never shut down, so an exchange still connecting while the service
+        // stops cannot strand a promise on a dead event loop.
+        self.group = MultiThreadedEventLoopGroup.singleton
         let wall = wallMillis()
         let incarnation = persistence?.nextMonotonic("incarnation", floor: UInt64(wall / 1000)) ?? UInt64(wall / 1000)
         let version = persistence?.value("record_version") ?? 0
@@ -212,7 +214,6 @@ public final class MeshService: Service, Sendable {
         stopping.store(true, ordering: .relaxed)
         let channels = [udp.withLock { $0 }, tcp.withLock { $0 }].compactMap { $0 }
         for channel in channels { try? await channel.close() }
-        try? await group.shutdownGracefully()
         persistence?.close()
     }
 
@@ -402,6 +403,7 @@ public final class MeshService: Service, Sendable {
             case .swim(.removed(let node)):
                 onEvent("removed", node)
             case .pushPull(let to):
+                guard !stopping.load(ordering: .relaxed) else { continue }
                 Task { await self.pushPull(with: to) }
             case .recordAccepted(let origin):
                 onEvent("record", origin)
