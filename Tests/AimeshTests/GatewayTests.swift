@@ -166,12 +166,12 @@ struct GatewayTests {
             let yaml = Self.twoRoutesYAML(mocks[0], mocks[1]).replacingOccurrences(of: "type: local, priority: 1,", with: "type: local, priority: 1, first_byte_timeout: 200ms,")
             let node = try await TestNode.start(yaml: yaml)
             defer { Task { await node.stop() } }
-            mocks[0].enqueue(.delay(.seconds(5)))
+            mocks[0].enqueue(.delay(.seconds(30)))
             let started = ContinuousClock.now
             let reply = try await node.post("/v1/chat/completions", chatBody("m"))
             #expect(reply.status == 200)
             #expect(reply.header("x-aiproxy-provider") == "second")
-            #expect(ContinuousClock.now - started < .seconds(3), "did not wait for the slow route")
+            #expect(ContinuousClock.now - started < .seconds(10), "did not wait for the slow route")
             let first = reply.json["x_aiproxy"]?["attempts"]?[0]?["outcome"]?.stringValue ?? ""
             #expect(first.contains("timeout"), "first attempt: \(first)")
         }
@@ -223,14 +223,14 @@ struct GatewayTests {
         try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
             let node = try await TestNode.start(yaml: Self.twoRoutesYAML(mocks[0], mocks[1]))
             defer { Task { await node.stop() } }
-            mocks[0].setSticky(.delay(.seconds(10)))
-            mocks[1].setSticky(.delay(.seconds(10)))
+            mocks[0].setSticky(.delay(.seconds(30)))
+            mocks[1].setSticky(.delay(.seconds(30)))
             let started = ContinuousClock.now
             let reply = try await node.post("/v1/chat/completions", chatBody("m"), headers: [("x-aiproxy-timeout", "300ms")])
             let took = ContinuousClock.now - started
             #expect(reply.status == 504, "\(reply.text)")
             #expect(reply.json["error"]?["type"]?.stringValue == "timeout")
-            #expect(took < .seconds(3), "the deadline bounds the whole request: \(took)")
+            #expect(took < .seconds(10), "the deadline bounds the whole request, not the 30 s upstreams: \(took)")
         }
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import CurlHTTP
 import Gateway
 import Ledger
@@ -119,5 +120,15 @@ func withMocks<T>(_ configurations: [MockUpstream.Configuration], _ body: ([Mock
     } catch {
         for mock in mocks { await mock.shutdown() }
         throw error
+    }
+}
+
+/// Runs CPU-heavy synchronous work (a long simulation) on its own thread, so it does not hold one of
+/// the few cooperative threads that every other test's async work needs (2 cores here).
+func offThePool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        let thread = Thread { continuation.resume(returning: body()) }
+        thread.stackSize = 8 << 20
+        thread.start()
     }
 }
