@@ -74,6 +74,7 @@ struct DemoCommand: AsyncParsableCommand {
             let task = Task { try await runtime.run(handleSignals: false) }
             let port = try await runtime.waitUntilListening()
             let base = "http://127.0.0.1:\(port)"
+            for _ in 0..<500 where runtime.mesh?.boundPort == nil { try await Task.sleep(for: .milliseconds(10)) }
             runtimes.append((runtime.configuration.node.id, runtime, task, base))
             return (runtime, base)
         }
@@ -147,7 +148,7 @@ struct DemoChat {
     let client: CurlClient
 
     func ask(_ base: String, _ nodeName: String, _ model: String, _ prompt: String, stream: Bool = false) async throws {
-        let body: JSON = ["model": .string(model), "messages": [["role": "user", "content": .string(prompt)]], "stream": .bool(stream)]
+        let body: JSON = ["model": .string(model), "messages": [["role": "user", "content": .string(prompt)]], "stream": .bool(stream), "max_tokens": 60]
         print("→ \(nodeName) · \(model)\(stream ? " (streaming)" : ""): \(prompt)")
         let response = try await client.start(.post(base + "/v1/chat/completions", json: body.bytes))
         if stream && response.head.status == 200 {
