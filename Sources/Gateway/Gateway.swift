@@ -76,6 +76,7 @@ public final class Gateway: Sendable {
     let startedAt = ContinuousClock.now
     let startedAtMillis = wallClockMillis()
     let executor: RequestExecutor
+    let rateLimiter: RateLimiter
     let apiKeys: [(hash: [UInt8], name: String)]
     public let remote: (any RemoteRouteSource)?
     /// Optional: extra JSON for `/aiproxy/mesh/status` (the mesh fills in peers).
@@ -103,6 +104,7 @@ public final class Gateway: Sendable {
         self.logger = logger
         self.budget = BudgetGate(settings: configuration.budget, logger: logger, nowMillis: wallClockMillis(), daySpend: initialSpend.day, monthSpend: initialSpend.month)
         self.executor = RequestExecutor(board: board, failover: configuration.routing.failover)
+        self.rateLimiter = RateLimiter(security: configuration.security)
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus
@@ -119,6 +121,7 @@ public final class Gateway: Sendable {
             router.add(middleware: CORSMiddleware(allowedOrigins: configuration.security.corsAllowedOrigins))
         }
         router.add(middleware: AuthMiddleware(gateway: self))
+        router.add(middleware: RateLimitMiddleware(limiter: rateLimiter))
         let disabled = configuration.server.disabledPaths
         func enabled(_ path: String) -> Bool { !disabled.contains(path) }
 

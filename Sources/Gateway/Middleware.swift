@@ -67,6 +67,23 @@ struct AuthMiddleware: RouterMiddleware {
     }
 }
 
+/// Request limits per API key and client IP on the model endpoints (forwarded requests were limited
+/// at their entry node).
+struct RateLimitMiddleware: RouterMiddleware {
+    typealias Context = GatewayContext
+    let limiter: RateLimiter
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard limiter.enabled, request.method == .post, AuthMiddleware.forwardablePaths.contains(request.uri.path), request.headers[.aiproxyHop] == nil else {
+            return try await next(request, context)
+        }
+        if let refusal = limiter.admit(key: context.apiKeyName, ip: context.remoteAddress) {
+            throw APIErrorResponse(error: refusal)
+        }
+        return try await next(request, context)
+    }
+}
+
 /// CORS for browsers calling the API directly.
 struct CORSMiddleware: RouterMiddleware {
     typealias Context = GatewayContext
