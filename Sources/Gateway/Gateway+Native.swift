@@ -227,3 +227,61 @@ extension Gateway {
 
 import NodeConfig
 typealias NodeConfigProvider = ProviderConfig
+
+extension Gateway {
+    /// `GET /aiproxy/usage?since=…&group_by=key|model|provider|node`: spend and tokens from this node's ledger.
+    /// `since`: epoch milliseconds, a date (`2026-11-23`, UTC), or a span back from now (`24h`, `7d`);
+    /// the start of the UTC day by default.
+    func usageResponse(_ request: Request) -> Response {
+        guard let ledger else {
+            return APIError(status: 404, type: "not_found", code: "ledger_disabled", message: "this node keeps no ledger (budget.track_costs is off)").response()
+        }
+        let query = request.uri.queryParameters
+        let now = wallClockMillis()
+        var since = BudgetPeriod.dayStart(millis: now)
+        if let text = query["since"].map(String.init), !text.isEmpty {
+            guard let parsed = Gateway.parseSince(text, now: now) else {
+                return APIError.badRequest("since must be epoch milliseconds, a date like 2026-11-23, or a span like 24h or 7d", param: "since").response()
+            }
+            since = parsed
+        }
+        let groupText = query["group_by"].map(String.init) ?? "key"
+        guard let grouping = LedgerReader.Grouping(rawValue: groupText) else {
+            return APIError.badRequest("group_by must be one of key, model, provider, node", param: "group_by").response()
+        }
+        do {
+            let reader = try LedgerReader(path: ledger.path)
+            let rows = try reader.usage(sinceMillis: since, groupBy: grouping)
+            let json: [JSON] = rows.map {
+                ["group": .string($0.group), "requests": .int($0.requests), "prompt_tokens": .int($0.promptTokens),
+                 "completion_tokens": .int($0.completionTokens), "cost": .money($0.cost), "errors": .int($0.errors)]
+            }
+            let total: JSON = ["requests": .int(rows.reduce(0) { $0 + $1.requests }), "prompt_tokens": .int(rows.reduce(0) { $0 + $1.promptTokens }),
+                               "completion_tokens": .int(rows.reduce(0) { $0 + $1.completionTokens }), "cost": .money(rows.reduce(0) { $0 + $1.cost }),
+                               "errors": .int(rows.reduce(0) { $0 + $1.errors })]
+            return JSONResponse.make(["node": .string(nodeName), "since_ms": .int(Int(since)), "group_by": .string(grouping.rawValue),
+                                      "rows": .array(json), "total": total])
+        } catch {
+            return APIError(status: 500, type: "server_error", code: "ledger_error", message: "cannot read the ledger: \(error)").response()
+        }
+    }
+
+    static func parseSince(_ text: String, now: Int64) -> Int64? {
+        if let millis = Int64(text) { return millis }
+        if let unit = text.last, let amount = Int64(text.dropLast()), amount >= 0 {
+            switch unit {
+            case "m": return now - amount * 60_000
+            case "h": return now - amount * 3_600_000
+            case "d": return now - amount * 86_400_000
+            default: break
+            }
+        }
+        let parts = text.prefix(10).split(separator: "-").compactMap { Int($0) }
+        guard text.count >= 10, parts.count == 3, (1970...9999).contains(parts[0]), (1...12).contains(parts[1]), (1...31).contains(parts[2]) else { return nil }
+        // Days since 1970-01-01 (proleptic Gregorian, UTC).
+        let (y, m, d) = (parts[0], parts[1], parts[2])
+        let a = (14 - m) / 12, yy = y + 4800 - a, mm = m + 12 * a - 3
+        let julian = d + (153 * mm + 2) / 5 + 365 * yy + yy / 4 - yy / 100 + yy / 400 - 32045
+        return Int64(julian - 2_440_588) * 86_400_000
+    }
+}

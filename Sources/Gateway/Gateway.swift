@@ -172,6 +172,7 @@ public final class Gateway: Sendable {
         }
         router.get("/aiproxy/routes") { _, _ in JSONResponse.make(self.routesJSON()) }
         router.get("/aiproxy/ledger/status") { _, _ in JSONResponse.make(self.ledgerStatusJSON()) }
+        router.get("/aiproxy/usage") { request, _ in self.usageResponse(request) }
         router.get("/health") { _, _ in JSONResponse.make(self.healthJSON()) }
         if configuration.observability.metricsEnabled {
             router.get(RouterPath(configuration.observability.metricsPath)) { _, _ in self.metricsResponse() }

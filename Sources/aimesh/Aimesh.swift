@@ -9,7 +9,7 @@ struct Aimesh: AsyncParsableCommand {
         abstract: "A federated mesh of OpenAI-compatible AI gateways: one node per machine, routing each request to the best local or cloud model.",
         version: version,
         subcommands: [
-            NodeCommand.self, ChatCommand.self, ModelsCommand.self, TopologyCommand.self, PeersCommand.self, ConfigCommand.self, DemoCommand.self,
+            NodeCommand.self, ChatCommand.self, ModelsCommand.self, TopologyCommand.self, PeersCommand.self, UsageCommand.self, ConfigCommand.self, DemoCommand.self,
             IDCommand.self, MeshCommand.self, MockUpstreamCommand.self, SimCommand.self, VersionCommand.self,
         ]
     )

@@ -106,3 +106,41 @@ struct PeersCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct UsageCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "usage", abstract: "Print a node's spend and tokens from its ledger, grouped by key, model, provider or node.")
+
+    enum Group: String, ExpressibleByArgument, CaseIterable { case key, model, provider, node }
+
+    @OptionGroup var client: NodeClientOptions
+
+    @Option(name: .long, help: "Since: epoch ms, a date (2026-11-23, UTC) or a span (24h, 7d). Default: today (UTC).")
+    var since: String?
+
+    @Option(name: .long, help: "key, model, provider or node.")
+    var groupBy: Group = .key
+
+    @Flag(name: .long, help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        var path = "/aiproxy/usage?group_by=\(groupBy.rawValue)"
+        if let since { path += "&since=\(since)" }
+        let usage = try await client.get(path)
+        if json {
+            print(usage.text)
+            return
+        }
+        var rows: [[String]] = [[groupBy.rawValue.uppercased(), "REQUESTS", "PROMPT", "COMPLETION", "COST $", "ERRORS"]]
+        for row in (usage["rows"]?.arrayValue ?? []) + [usage["total"].map { total -> JSON in
+            var object = total.objectValue ?? [:]
+            object["group"] = "TOTAL"
+            return .object(object)
+        } ?? .null] where row != .null {
+            rows.append([row["group"]?.stringValue ?? "?", String(row["requests"]?.intValue ?? 0), String(row["prompt_tokens"]?.intValue ?? 0),
+                         String(row["completion_tokens"]?.intValue ?? 0), Table.money(row["cost"]?.doubleValue), String(row["errors"]?.intValue ?? 0)])
+        }
+        print("node \(usage["node"]?.stringValue ?? "?") since \(isoDate(Int64(usage["since_ms"]?.intValue ?? 0)))\n")
+        print(Table.render(rows))
+    }
+}

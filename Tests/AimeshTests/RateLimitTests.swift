@@ -1,3 +1,4 @@
+@testable import Gateway
 import MeshCore
 import Routing
 import Testing
@@ -27,6 +28,41 @@ import Testing
 
 @Suite(.timeLimit(.minutes(1)))
 struct RateLimitTests {
+    @Test func usageReport_groupsTheLedger() async throws {
+        try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
+            let node = try await TestNode.start(yaml: """
+            providers:
+              cheap: { type: openai_compatible, base_url: \(mocks[0].baseURL)/v1, api_key: k-1234567, models: [ { name: m1, input_cost_per_1m: 1, output_cost_per_1m: 1 } ] }
+              free:  { type: local, base_url: \(mocks[1].baseURL)/v1, models: [ { name: m2 } ] }
+            """, name: "usage")
+            defer { Task { await node.stop() } }
+            for _ in 0..<3 { _ = try await node.post("/v1/chat/completions", chatBody("m1")) }
+            for _ in 0..<2 { _ = try await node.post("/v1/chat/completions", chatBody("m2")) }
+            _ = try await node.post("/v1/chat/completions", chatBody("nope"))
+            await node.gateway.ledger?.flush()
+            let usage = try await node.get("/aiproxy/usage?group_by=model&since=1h")
+            #expect(usage.status == 200, "\(usage.text)")
+            let rows = usage.json["rows"]?.arrayValue ?? []
+            let m1 = try #require(rows.first { $0["group"]?.stringValue == "m1" })
+            #expect(m1["requests"]?.intValue == 3 && (m1["cost"]?.doubleValue ?? 0) > 0)
+            #expect(rows.first { $0["group"]?.stringValue == "m2" }?["cost"]?.doubleValue == 0)
+            #expect(rows.first { $0["group"]?.stringValue == "nope" }?["errors"]?.intValue == 1)
+            #expect(usage.json["total"]?["requests"]?.intValue == 6)
+            #expect(try await node.get("/aiproxy/usage?group_by=colour").status == 400)
+            #expect(try await node.get("/aiproxy/usage?since=yesterday-ish").status == 400)
+        }
+    }
+
+    @Test func since_acceptsMillisDatesAndSpans() {
+        let now: Int64 = 1_795_400_000_000
+        #expect(Gateway.parseSince("1700000000000", now: now) == 1_700_000_000_000)
+        #expect(Gateway.parseSince("24h", now: now) == now - 86_400_000)
+        #expect(Gateway.parseSince("7d", now: now) == now - 7 * 86_400_000)
+        #expect(Gateway.parseSince("1970-01-02", now: now) == 86_400_000)
+        #expect(Gateway.parseSince("2026-11-23", now: now) == 1_795_392_000_000)
+        #expect(Gateway.parseSince("soon", now: now) == nil)
+    }
+
     @Test func perKeyAndPerIPLimits_give429WithRetryAfter() async throws {
         try await withMocks([.init(name: "m")]) { mocks in
             let node = try await TestNode.start(yaml: """
