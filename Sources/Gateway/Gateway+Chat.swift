@@ -6,6 +6,7 @@ import MeshCore
 import NIOCore
 import Providers
 import Routing
+import Sodium
 
 /// Per-request choices from headers, the model suffix or the native request's `routing` object.
 struct RequestOptions: Sendable {
@@ -18,6 +19,8 @@ struct RequestOptions: Sendable {
     /// Nodes this request already passed (mesh forwarding fills it in).
     var visited: [String] = []
     var fromNode: String?
+    /// `x-aiproxy-cache-ttl`: cache this answer for this long (0 turns caching off for the request).
+    var cacheTTL: Duration?
 }
 
 enum ChatOutcome: Sendable {
@@ -66,6 +69,12 @@ extension Gateway {
                 throw APIError.badRequest("x-aiproxy-metadata must be a JSON object", param: "x-aiproxy-metadata")
             }
             options.metadata = json.text
+        }
+        if let value = request.headers[.aiproxyCacheTTL] {
+            guard let ttl = Units.parseDuration(value.allSatisfy(\.isNumber) ? "\(value)s" : value), ttl >= .zero, ttl <= .seconds(30 * 86_400) else {
+                throw APIError.badRequest("x-aiproxy-cache-ttl must be seconds or a duration like 10m (at most 30 days), found '\(value)'", param: "x-aiproxy-cache-ttl")
+            }
+            options.cacheTTL = ttl
         }
         if let hop = request.headers[.aiproxyHop] {
             // A forwarded request: a mesh member vouches for it instead of a client key.
@@ -126,6 +135,52 @@ extension Gateway {
         return (plan, ordered)
     }
 
+    // MARK: Cache
+
+    /// How long to cache this request's answer: the header, else the model's `cache_ttl`; never streams.
+    func cacheTTL(for model: String, options: RequestOptions, stream: Bool) -> Duration? {
+        guard !stream, options.fromNode == nil || options.cacheTTL != nil else { return nil }
+        if let ttl = options.cacheTTL { return ttl }
+        return catalog.entries[model]?.compactMap(\.model.cacheTTL).max()
+    }
+
+    /// SHA-256 of the request as it determines the answer: model, messages and every parameter, with
+    /// keys sorted; `stream`, `stream_options` and `user` left out.
+    static func cacheKey(_ chat: ChatRequest, model: String) -> [UInt8] {
+        var object = chat.body
+        for key in ["stream", "stream_options", "user", "model"] { object[key] = nil }
+        object["model"] = .string(model)
+        return Sodium.sha256(JSON.object(object).canonicalBytes)
+    }
+
+    func cacheHitResponse(_ hit: ResponseCache.Hit, model: String, requestID: String, apiKey: String?, options: RequestOptions, start: ContinuousClock.Instant,
+                          endpoint: String, baseHeaders: HTTPFields) -> Response {
+        let latency = ContinuousClock.now - start
+        let usage = Usage(promptTokens: hit.promptTokens, completionTokens: hit.completionTokens)
+        let info: JSON = [
+            "request_id": .string(requestID), "node": .string(nodeName), "provider": "cache", "route": [.string(nodeName), "cache"],
+            "attempts": [], "cache": ["hit": true, "age_ms": .int(Int(hit.ageMillis))],
+            "tokens": ["prompt": .int(usage.promptTokens), "completion": .int(usage.completionTokens), "total": .int(usage.totalTokens), "estimated": false],
+            "cost": 0, "latency_ms": .double(latency.millisecondsRounded),
+        ]
+        var headers = baseHeaders
+        headers[.aiproxyCache] = "hit"
+        headers[.aiproxyProvider] = "cache"
+        headers[.aiproxyRoute] = "\(nodeName),cache"
+        headers[.aiproxyCost] = "0"
+        let closing = hit.body.lastIndex(of: UInt8(ascii: "}")) ?? max(0, hit.body.count - 1)
+        let body = Gateway.withAIProxy(hit.body, closingBrace: closing, info: info)
+        metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", "cache"), ("status", "200")]).increment()
+        if let ledger, configuration.budget.trackCosts {
+            ledger.record(LedgerEntry(
+                requestID: requestID, timestampMillis: wallClockMillis(), apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model,
+                route: [nodeName, "cache"], provider: "cache", node: nodeName, fromNode: options.fromNode, promptTokens: usage.promptTokens,
+                completionTokens: usage.completionTokens, cost: 0, latencyMillis: latency.millisecondsRounded, status: 200, outcome: "cache_hit",
+                attempts: 0, attemptsJSON: "[]", stream: false, metadata: options.metadata, endpoint: endpoint))
+        }
+        return JSONResponse.make(bytes: body, headers: headers)
+    }
+
     func deadline(for options: RequestOptions, start: ContinuousClock.Instant) -> ContinuousClock.Instant {
         start + min(options.timeout ?? configuration.server.requestTimeout, configuration.server.requestTimeout)
     }
@@ -167,6 +222,17 @@ extension Gateway {
     /// Plans, runs with failover, and answers a chat request (JSON or SSE).
     func serveChat(_ chat: ChatRequest, model: String, options: RequestOptions, requestID: String, apiKey: String?, start: ContinuousClock.Instant, endpoint: String) async -> Response {
         let baseHeaders: HTTPFields = [.aiproxyRequestID: requestID, .aiproxyNode: nodeName]
+        let cacheTTL = self.cacheTTL(for: model, options: options, stream: chat.stream)
+        var cacheKey: [UInt8]?
+        if let cacheTTL, cacheTTL > .zero, let cache {
+            let key = Gateway.cacheKey(chat, model: model)
+            cacheKey = key
+            if let hit = cache.lookup(key, nowMillis: wallClockMillis()) {
+                metrics.counter("aimesh_cache_total", [("result", "hit")]).increment()
+                return cacheHitResponse(hit, model: model, requestID: requestID, apiKey: apiKey, options: options, start: start, endpoint: endpoint, baseHeaders: baseHeaders)
+            }
+            metrics.counter("aimesh_cache_total", [("result", "miss")]).increment()
+        }
         let routes: [ExecutableRoute]
         let plan: RoutePlan
         do {
@@ -205,9 +271,20 @@ extension Gateway {
             let latency = ContinuousClock.now - start
             let cost = Gateway.downstreamCost(response.body, route: route) ?? route.candidate.price.cost(of: response.usage)
             let path = self.path(for: route, downstream: response.headers)
-            let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
+            var info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
+            var stored = false
+            if let cacheKey, let cacheTTL, let cache {
+                stored = cache.store(cacheKey, model: model, body: response.body, promptTokens: response.usage.promptTokens, completionTokens: response.usage.completionTokens,
+                                     ttlMillis: Int64(cacheTTL.components.seconds * 1000), nowMillis: wallClockMillis())
+                if stored { metrics.counter("aimesh_cache_total", [("result", "stored")]).increment() }
+                if var object = info.objectValue {
+                    object["cache"] = ["hit": false, "stored": .bool(stored)]
+                    info = .object(object)
+                }
+            }
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info)
             var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
+            if cacheKey != nil { headers[.aiproxyCache] = "miss" }
             headers[.aiproxyCost] = JSON.money(cost).text
             headers[.aiproxyLatency] = String(latency.millisecondsRounded)
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,

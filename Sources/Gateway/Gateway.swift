@@ -77,6 +77,8 @@ public final class Gateway: Sendable {
     let startedAtMillis = wallClockMillis()
     let executor: RequestExecutor
     let rateLimiter: RateLimiter
+    /// Exact-match answers, opt-in per model (`cache_ttl`) or per request (`x-aiproxy-cache-ttl`).
+    public let cache: ResponseCache?
     let apiKeys: [(hash: [UInt8], name: String)]
     public let remote: (any RemoteRouteSource)?
     /// Optional: extra JSON for `/aiproxy/mesh/status` (the mesh fills in peers).
@@ -90,7 +92,7 @@ public final class Gateway: Sendable {
 
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
-                meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -105,6 +107,7 @@ public final class Gateway: Sendable {
         self.budget = BudgetGate(settings: configuration.budget, logger: logger, nowMillis: wallClockMillis(), daySpend: initialSpend.day, monthSpend: initialSpend.month)
         self.executor = RequestExecutor(board: board, failover: configuration.routing.failover)
         self.rateLimiter = RateLimiter(security: configuration.security)
+        self.cache = cache
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus

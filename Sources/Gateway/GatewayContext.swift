@@ -68,5 +68,7 @@ extension HTTPField.Name {
     static let aiproxyMetadata = HTTPField.Name("x-aiproxy-metadata")!
     static let aiproxyTimeout = HTTPField.Name("x-aiproxy-timeout")!
     static let aiproxyHop = HTTPField.Name("x-aiproxy-hop")!
+    static let aiproxyCacheTTL = HTTPField.Name("x-aiproxy-cache-ttl")!
+    static let aiproxyCache = HTTPField.Name("x-aiproxy-cache")!
     static let accelBuffering = HTTPField.Name("x-accel-buffering")!
 }

@@ -102,8 +102,10 @@ public final class NodeRuntime: Sendable {
             meshRevoke = { text in service.submitRevocation(text: text) }
         }
         let remote: MeshRoutes? = mesh.map { MeshRoutes(service: $0, client: client, maxHops: configuration.node.mesh.maxHops) }
+        let cache: ResponseCache?
+        do { cache = try ResponseCache(path: "\(dataDir)/cache.sqlite") } catch { throw NodeStartupError("cannot open \(dataDir)/cache.sqlite: \(error)") }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
-                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, initialSpend: spend)
+                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr
