@@ -63,6 +63,9 @@ public final class BudgetGate: Sendable {
         var monthSpend: Double = 0
         /// Alert thresholds already announced this period.
         var announced: Set<String> = []
+        /// Maximum costs held for requests in flight (request id → dollars), settled when they end.
+        var reservations: [String: Double] = [:]
+        var reserved: Double = 0
     }
 
     public let settings: BudgetSection
@@ -126,6 +129,36 @@ public final class BudgetGate: Sendable {
                           reason: "budget alert at \(Int(alert.thresholdPercent))% disabled paid providers")
         }
         return Status(daySpend: state.daySpend, monthSpend: state.monthSpend, percentUsed: percent, paidAllowed: true)
+    }
+
+    /// Holds a request's maximum cost against the limits before it is sent, so concurrent requests
+    /// cannot together overspend. False when it would not fit (then only free routes may run).
+    public func reserve(requestID: String, maxCost: Double, nowMillis: Int64) -> Bool {
+        guard settings.enabled, settings.dailyLimit != nil || settings.monthlyLimit != nil, maxCost > 0 else { return true }
+        return state.withLock { state in
+            roll(&state, nowMillis: nowMillis)
+            if let limit = settings.dailyLimit, state.daySpend + state.reserved + maxCost > limit { return false }
+            if let limit = settings.monthlyLimit, state.monthSpend + state.reserved + maxCost > limit { return false }
+            state.reservations[requestID, default: 0] += maxCost
+            state.reserved += maxCost
+            return true
+        }
+    }
+
+    /// Drops a request's reservation (it failed, or it is being settled).
+    public func release(requestID: String) {
+        state.withLock { state in
+            if let held = state.reservations.removeValue(forKey: requestID) { state.reserved = max(0, state.reserved - held) }
+        }
+    }
+
+    /// Money held for requests in flight.
+    public var reserved: Double { state.withLock { $0.reserved } }
+
+    /// Settles a request: its reservation goes, its real cost counts.
+    public func settle(requestID: String, cost: Double, nowMillis: Int64) {
+        release(requestID: requestID)
+        add(cost: cost, nowMillis: nowMillis)
     }
 
     /// Adds a settled cost and announces alerts crossed.

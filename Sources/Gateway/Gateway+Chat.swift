@@ -95,7 +95,7 @@ extension Gateway {
     }
 
     /// Routes for the request, best first, or the error that explains why there are none.
-    func plan(model: String, options: RequestOptions, capabilities: [String], inputTokens: Int, maxOutputTokens: Int) throws(APIError) -> (RoutePlan, [ExecutableRoute]) {
+    func plan(model: String, options: RequestOptions, capabilities: [String], inputTokens: Int, maxOutputTokens: Int, requestID: String) throws(APIError) -> (RoutePlan, [ExecutableRoute]) {
         let routes = routes(for: model, visited: options.visited)
         guard !routes.isEmpty else {
             let available = allModelNames()
@@ -107,7 +107,15 @@ extension Gateway {
         if let pinned = options.pinned, !routes.contains(where: { $0.candidate.name == pinned || $0.candidate.id == pinned }) {
             throw APIError.badRequest("no provider named '\(pinned)' serves '\(model)'; providers that do: \(routes.map(\.candidate.name).joined(separator: ", "))", param: "x-aiproxy-provider", code: "provider_not_found")
         }
-        let budgetStatus = budget.status(nowMillis: wallClockMillis())
+        var budgetStatus = budget.status(nowMillis: wallClockMillis())
+        if budgetStatus.paidAllowed {
+            // Reserve the most any paid route could cost before anything is sent.
+            let worst = routes.filter { !$0.candidate.price.isFree }.map { $0.candidate.maximumCost(inputTokens: inputTokens, outputTokens: maxOutputTokens) }.max() ?? 0
+            if worst > 0 && !budget.reserve(requestID: requestID, maxCost: worst, nowMillis: wallClockMillis()) {
+                budgetStatus.paidAllowed = false
+                budgetStatus.reason = "the budget cannot hold this request's maximum cost ($\(worst)) next to what is spent and in flight"
+            }
+        }
         let request = PlanRequest(
             model: model, strategy: options.strategy, maxCost: options.maxCost, pinnedRoute: options.pinned, localOnly: options.localOnly,
             paidAllowed: budgetStatus.paidAllowed, requiredCapabilities: capabilities, estimatedInputTokens: inputTokens, maxOutputTokens: maxOutputTokens,
@@ -116,6 +124,7 @@ extension Gateway {
         var random = SystemRandomNumberGenerator()
         let plan = RoutePlanner.plan(request, candidates: routes.map(\.candidate), using: &random)
         guard !plan.routes.isEmpty else {
+            budget.release(requestID: requestID)
             let reasons = plan.excluded.map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
             if !budgetStatus.paidAllowed, plan.excluded.contains(where: { $0.reason.contains("budget") }) {
                 var error = APIError(status: 429, type: "insufficient_quota", code: "budget_exceeded",
@@ -237,7 +246,7 @@ extension Gateway {
         let plan: RoutePlan
         do {
             (plan, routes) = try self.plan(model: model, options: options, capabilities: [], inputTokens: chat.estimatedPromptTokens,
-                                           maxOutputTokens: chat.maxTokens ?? 1024)
+                                           maxOutputTokens: chat.maxTokens ?? 1024, requestID: requestID)
         } catch {
             recordFailure(requestID: requestID, model: model, apiKey: apiKey, error: error, attempts: [], options: options, stream: chat.stream, start: start, endpoint: endpoint)
             return error.response(extraHeaders: baseHeaders)
@@ -388,7 +397,7 @@ extension Gateway {
             modelName = embeddingsRequest.model
             options = try self.options(from: request, model: &modelName, body: bytes)
             let (plan, routes) = try self.plan(model: modelName, options: options, capabilities: [Capability.embeddings],
-                                               inputTokens: embeddingsRequest.estimatedTokens, maxOutputTokens: 0)
+                                               inputTokens: embeddingsRequest.estimatedTokens, maxOutputTokens: 0, requestID: requestID)
             let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start)) { route, timeouts in
                 try await route.adapter.embeddings(EmbeddingsCall(request: embeddingsRequest, upstreamModel: route.candidate.upstreamModel,
                                                                   requestID: requestID, timeouts: timeouts))
@@ -499,7 +508,7 @@ extension Gateway {
         metrics.counter("aimesh_tokens_total", [("route", routeLabel), ("direction", "completion")]).increment(by: usage.completionTokens)
         metrics.floatCounter("aimesh_cost_usd_total", [("route", routeLabel)]).increment(by: cost)
         let now = wallClockMillis()
-        budget.add(cost: cost, nowMillis: now)
+        budget.settle(requestID: requestID, cost: cost, nowMillis: now)
         guard let ledger, configuration.budget.trackCosts else { return }
         ledger.record(LedgerEntry(
             requestID: requestID, timestampMillis: now, apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: path, provider: path.last, node: nodeName,
@@ -510,6 +519,7 @@ extension Gateway {
 
     func recordFailure(requestID: String, model: String, apiKey: String?, error: APIError, attempts: [AttemptRecord], options: RequestOptions,
                        stream: Bool, start: ContinuousClock.Instant, endpoint: String) {
+        budget.release(requestID: requestID)
         metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", "none"), ("status", String(error.status))]).increment()
         for attempt in attempts {
             metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()

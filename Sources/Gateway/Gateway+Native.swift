@@ -56,7 +56,8 @@ extension Gateway {
                 if let local = routing["local_only"]?.boolValue { options.localOnly = local }
             }
             let chat = try ChatRequest(bytes: JSON.object(chatBody).bytes)
-            let (plan, routes) = try self.plan(model: model, options: options, capabilities: [], inputTokens: chat.estimatedPromptTokens, maxOutputTokens: chat.maxTokens ?? 1024)
+            let (plan, routes) = try self.plan(model: model, options: options, capabilities: [], inputTokens: chat.estimatedPromptTokens, maxOutputTokens: chat.maxTokens ?? 1024,
+                                               requestID: requestID)
             let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start)) { route, timeouts in
                 let call = ChatCall(request: chat, upstreamModel: route.candidate.upstreamModel, requestID: requestID, timeouts: timeouts, defaultMaxTokens: route.defaultMaxTokens)
                 guard case .complete(let response) = try await route.adapter.chat(call) else {

@@ -521,22 +521,50 @@ struct GatewayTests {
         }
     }
 
+    @Test func concurrentRequestsAgainstANearlySpentBudget_neverOverspend() async throws {
+        try await withMocks([.init(name: "paid", latency: .milliseconds(30)), .init(name: "free")]) { mocks in
+            let node = try await TestNode.start(yaml: """
+            providers:
+              paid: { type: openai_compatible, priority: 1, base_url: \(mocks[0].baseURL)/v1, api_key: k-1234567, models: [ { name: m, cost_per_1k_tokens: 1 } ] }
+              free: { type: local, priority: 2, base_url: \(mocks[1].baseURL)/v1, models: [ { name: m } ] }
+            routing: { strategy: availability }
+            budget: { enabled: true, daily_limit: 0.05 }
+            """, name: "reserve")
+            defer { Task { await node.stop() } }
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for i in 0..<24 {
+                    group.addTask { try await node.post("/v1/chat/completions", chatBody("m", "request \(i)", extra: ["max_tokens": 20])).status }
+                }
+                for try await status in group { #expect(status == 200, "free routes take over, nobody fails") }
+            }
+            await node.gateway.ledger?.flush()
+            let rows = try LedgerReader(path: node.dataDir + "/ledger.sqlite").recent(limit: 100)
+            let spent = rows.reduce(0) { $0 + $1.cost }
+            // Each paid request holds its maximum cost ($0.001 × (prompt + max_tokens)) until it settles,
+            // so what is spent never passes the limit (the upstream honours max_tokens here).
+            #expect(spent <= 0.05 + 1e-9, "spent \(spent)")
+            #expect(mocks[0].requestCount >= 1 && mocks[1].requestCount >= 1)
+            #expect(node.gateway.budget.reserved < 1e-9, "every reservation was settled")
+        }
+    }
+
     @Test func budget_disablesPaidProvidersAtItsThreshold() async throws {
         try await withMocks([.init(name: "paid"), .init(name: "free")]) { mocks in
             let node = try await TestNode.start(yaml: """
             providers:
-              paid: { type: openai_compatible, priority: 1, base_url: \(mocks[0].baseURL)/v1, api_key: k, models: [ { name: m, cost_per_1k_tokens: 1000 } ] }
+              paid: { type: openai_compatible, priority: 1, base_url: \(mocks[0].baseURL)/v1, api_key: k, models: [ { name: m, cost_per_1k_tokens: 10 } ] }
               free: { type: local, priority: 2, base_url: \(mocks[1].baseURL)/v1, models: [ { name: m } ] }
             routing: { strategy: availability }
             budget:
               enabled: true
-              daily_limit: 1.0
-              alerts: [ { threshold: 50, action: disable_paid_providers } ]
+              daily_limit: 0.2
+              alerts: [ { threshold: 40, action: disable_paid_providers } ]
             """, name: "budget")
             defer { Task { await node.stop() } }
-            let first = try await node.post("/v1/chat/completions", chatBody("m"))
-            #expect(first.header("x-aiproxy-provider") == "paid")
-            let second = try await node.post("/v1/chat/completions", chatBody("m"))
+            // $0.01 a token: at most (2 + 10) × 0.01 = $0.12 fits the $0.20 day; it spends 9 tokens = $0.09 = 45 %.
+            let first = try await node.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 10]))
+            #expect(first.header("x-aiproxy-provider") == "paid", "\(first.text)")
+            let second = try await node.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 10]))
             #expect(second.header("x-aiproxy-provider") == "free", "over the alert threshold only free routes run")
             let pinned = try await node.post("/v1/chat/completions", chatBody("m"), headers: [("x-aiproxy-provider", "paid")])
             #expect(pinned.status == 429 || pinned.status == 503 || pinned.status == 402, "\(pinned.text)")
