@@ -31,7 +31,7 @@ enum ChatOutcome: Sendable {
 extension Gateway {
     // MARK: Options and planning
 
-    func options(from request: Request, model: inout String, body: [UInt8]) throws(APIError) -> RequestOptions {
+    func options(from request: Request, model: inout String, body: [UInt8], key: ClientKey? = nil) throws(APIError) -> RequestOptions {
         var options = RequestOptions(strategy: configuration.routing.loadBalancing.enabled ? (configuration.routing.loadBalancing.strategy ?? configuration.routing.strategy) : configuration.routing.strategy)
         // OpenRouter-style suffixes: model:floor (cheapest), model:nitro (fastest).
         if let colon = model.lastIndex(of: ":") {
@@ -69,6 +69,9 @@ extension Gateway {
                 throw APIError.badRequest("x-aiproxy-metadata must be a JSON object", param: "x-aiproxy-metadata")
             }
             options.metadata = json.text
+        }
+        if let key, !key.models.isEmpty, !key.models.contains(model) {
+            throw APIError.forbidden("API key '\(key.name)' may not use '\(model)'; it may use: \(key.models.joined(separator: ", "))", code: "model_not_allowed")
         }
         if let value = request.headers[.aiproxyCacheTTL] {
             guard let ttl = Units.parseDuration(value.allSatisfy(\.isNumber) ? "\(value)s" : value), ttl >= .zero, ttl <= .seconds(30 * 86_400) else {
@@ -215,7 +218,7 @@ extension Gateway {
             let bytes = try await readBody(request)
             var chat = try ChatRequest(bytes: bytes)
             var model = chat.model
-            let options = try self.options(from: request, model: &model, body: bytes)
+            let options = try self.options(from: request, model: &model, body: bytes, key: context.clientKey)
             if model != chat.model {
                 // Strip the routing suffix from the body too.
                 let edited = chat.topLevel.splicing(chat.raw, replacingValueOf: "model", with: .string(model)) ?? chat.raw
@@ -395,7 +398,7 @@ extension Gateway {
             let bytes = try await readBody(request)
             let embeddingsRequest = try EmbeddingsRequest(bytes: bytes)
             modelName = embeddingsRequest.model
-            options = try self.options(from: request, model: &modelName, body: bytes)
+            options = try self.options(from: request, model: &modelName, body: bytes, key: context.clientKey)
             let (plan, routes) = try self.plan(model: modelName, options: options, capabilities: [Capability.embeddings],
                                                inputTokens: embeddingsRequest.estimatedTokens, maxOutputTokens: 0, requestID: requestID)
             let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start)) { route, timeouts in
@@ -509,6 +512,7 @@ extension Gateway {
         metrics.floatCounter("aimesh_cost_usd_total", [("route", routeLabel)]).increment(by: cost)
         let now = wallClockMillis()
         budget.settle(requestID: requestID, cost: cost, nowMillis: now)
+        rateLimiter.charge(key: apiKey, tokens: usage.totalTokens)
         guard let ledger, configuration.budget.trackCosts else { return }
         ledger.record(LedgerEntry(
             requestID: requestID, timestampMillis: now, apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: path, provider: path.last, node: nodeName,

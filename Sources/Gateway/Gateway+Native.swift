@@ -37,7 +37,7 @@ extension Gateway {
             if case .object(let parameters)? = body["parameters"] {
                 for member in parameters where ["temperature", "top_p", "max_tokens", "stop", "seed"].contains(member.key) { chatBody[member.key] = member.value }
             }
-            var options = try self.options(from: request, model: &model, body: bytes)
+            var options = try self.options(from: request, model: &model, body: bytes, key: context.clientKey)
             chatBody["model"] = .string(model)
             if case .object(let routing)? = body["routing"] {
                 if let strategy = routing["strategy"]?.stringValue {

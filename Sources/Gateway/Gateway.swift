@@ -24,6 +24,23 @@ public protocol RemoteRouteSource: Sendable {
     func verifyForward(hop: String, body: [UInt8]) -> Result<ForwardedBy, APIError>
 }
 
+/// An authenticated client key and its limits.
+public struct ClientKey: Sendable {
+    public var name: String
+    /// Models the key may use (empty: all).
+    public var models: [String]
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    public var usable: Bool
+    public init(name: String, models: [String] = [], requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, usable: Bool = true) {
+        self.name = name
+        self.models = models
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
+        self.usable = usable
+    }
+}
+
 /// Who forwarded a request to this node.
 public struct ForwardedBy: Sendable {
     /// The forwarding node's name (billed in the ledger as `node:NAME`).
@@ -85,6 +102,10 @@ public final class Gateway: Sendable {
     let meshStatus: (@Sendable () -> JSON)?
     /// Optional: `/aiproxy/mesh/table` (the mesh's signed record table).
     let meshTable: (@Sendable () -> JSON)?
+    /// Optional: mesh-wide API keys by SHA-256 (the mesh admin's key records).
+    let meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)?
+    /// Optional: takes an admin-signed key record (file text) and gossips it; returns a problem or nil.
+    let meshKeySubmit: (@Sendable (String) -> String?)?
     /// Optional: `/aiproxy/mesh/topology`.
     let meshTopology: (@Sendable () -> JSON)?
     /// Optional: takes an admin-signed revocation (file text) and gossips it; returns an error message or nil.
@@ -92,7 +113,8 @@ public final class Gateway: Sendable {
 
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
-                meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)? = nil,
+                meshKeySubmit: (@Sendable (String) -> String?)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -108,6 +130,8 @@ public final class Gateway: Sendable {
         self.executor = RequestExecutor(board: board, failover: configuration.routing.failover)
         self.rateLimiter = RateLimiter(security: configuration.security)
         self.cache = cache
+        self.meshKeyLookup = meshKeyLookup
+        self.meshKeySubmit = meshKeySubmit
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus
@@ -162,6 +186,15 @@ public final class Gateway: Sendable {
             }
             return JSONResponse.make(topology())
         }
+        router.post("/aiproxy/keys") { request, _ in
+            guard let submit = self.meshKeySubmit else {
+                return APIError(status: 404, type: "not_found", code: "mesh_disabled", message: "mesh-wide keys need the mesh (node.mesh) and its admin key").response()
+            }
+            var request = request
+            guard let buffer = try? await request.collectBody(upTo: 16384) else { return APIError.tooLarge(limit: 16384).response() }
+            if let problem = submit(String(decoding: buffer.readableBytesView, as: UTF8.self)) { return APIError.badRequest(problem).response() }
+            return JSONResponse.make(["accepted": true])
+        }
         router.post("/aiproxy/mesh/revocations") { request, _ in
             guard let revoke = self.meshRevoke else {
                 return APIError(status: 404, type: "not_found", code: "mesh_disabled", message: "this node is not in a mesh").response()
@@ -192,10 +225,16 @@ public final class Gateway: Sendable {
     }
 
     /// Checks an API key; returns its name, or nil when unknown.
-    func authenticate(bearer: String) -> String? {
+    /// A client key: the config file's (`security.auth.api_keys`), or a mesh-wide one gossiped by the
+    /// admin. Returns the key's name and what it may do, or why it may not.
+    func authenticate(bearer: String) -> Result<ClientKey, APIError> {
         let hash = Sodium.sha256(Array(bearer.utf8))
-        for key in apiKeys where Sodium.constantTimeEqual(key.hash, hash) { return key.name }
-        return nil
+        for key in apiKeys where Sodium.constantTimeEqual(key.hash, hash) { return .success(ClientKey(name: key.name)) }
+        if let lookup = meshKeyLookup, let key = lookup(hash) {
+            guard key.usable else { return .failure(APIError.unauthorized("this API key was revoked or has expired")) }
+            return .success(key)
+        }
+        return .failure(APIError.unauthorized("invalid API key"))
     }
 
     /// Local routes plus peer routes for a model, with live observations.

@@ -8,6 +8,8 @@ public struct GatewayContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var remoteAddress: String?
     public var apiKeyName: String?
+    /// The authenticated key's limits and models (mesh-wide keys carry them).
+    public var clientKey: ClientKey?
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)

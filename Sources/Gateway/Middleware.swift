@@ -35,7 +35,7 @@ struct AuthMiddleware: RouterMiddleware {
     let gateway: Gateway
 
     /// No key needed: liveness, metrics, and the map page (its data requests carry the key).
-    static let publicPaths: Set<String> = ["/health", "/metrics", "/ui"]
+    static let publicPaths: Set<String> = ["/health", "/metrics", "/ui", "/aiproxy/keys", "/aiproxy/mesh/revocations"]
     static let apiKeyHeader = HTTPField.Name("x-api-key")!
     /// The endpoints whose handlers verify a hop header against the body.
     static let forwardablePaths: Set<String> = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/aiproxy/predict"]
@@ -58,11 +58,14 @@ struct AuthMiddleware: RouterMiddleware {
         } else {
             throw APIErrorResponse(error: .unauthorized("missing API key: send Authorization: Bearer KEY"))
         }
-        guard let name = gateway.authenticate(bearer: token) else {
-            throw APIErrorResponse(error: .unauthorized("invalid API key"))
+        let key: ClientKey
+        switch gateway.authenticate(bearer: token) {
+        case .success(let found): key = found
+        case .failure(let error): throw APIErrorResponse(error: error)
         }
         var context = context
-        context.apiKeyName = name
+        context.apiKeyName = key.name
+        context.clientKey = key
         return try await next(request, context)
     }
 }
@@ -74,10 +77,10 @@ struct RateLimitMiddleware: RouterMiddleware {
     let limiter: RateLimiter
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard limiter.enabled, request.method == .post, AuthMiddleware.forwardablePaths.contains(request.uri.path), request.headers[.aiproxyHop] == nil else {
+        guard request.method == .post, AuthMiddleware.forwardablePaths.contains(request.uri.path), request.headers[.aiproxyHop] == nil else {
             return try await next(request, context)
         }
-        if let refusal = limiter.admit(key: context.apiKeyName, ip: context.remoteAddress) {
+        if let refusal = limiter.admit(key: context.apiKeyName, ip: context.remoteAddress, override: context.clientKey) {
             throw APIErrorResponse(error: refusal)
         }
         return try await next(request, context)

@@ -63,6 +63,7 @@ public enum BroadcastKey: Hashable, Sendable {
     case member(NodeID)
     case record(NodeID)
     case revocation(NodeID)
+    case apiKey(NodeID)
 }
 
 /// SWIM with Lifeguard as a pure state machine (DESIGN.md §3, PROTOCOL.md §5). Time is a `Duration`
@@ -474,7 +475,7 @@ public struct Swim: Sendable {
                 declareDead(accusation, now: now, into: &out)
             case .members(let states):
                 merge(states, now: now, into: &out)
-            case .record, .revocation, .digest:
+            case .record, .revocation, .digest, .apiKey:
                 continue
             }
         }

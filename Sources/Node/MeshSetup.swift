@@ -87,6 +87,7 @@ enum MeshSetup {
         var settings = MeshServiceSettings(listenHost: listen.host, listenPort: listen.port, advertise: advertise, seeds: seeds, meshKeys: keys,
                                            swim: swim, agent: agent, recordTTL: mesh.recordTTL)
         settings.maxHops = mesh.maxHops
+        settings.keyAdmin = mesh.adminPublicKey.flatMap(NodeID.init(hex:))
         let persistence: MeshPersistence?
         do { persistence = try MeshPersistence(path: "\(dataDir)/mesh.sqlite") } catch {
             throw NodeStartupError("cannot open \(dataDir)/mesh.sqlite: \(error)")

@@ -94,9 +94,17 @@ public final class NodeRuntime: Sendable {
         var meshTable: (@Sendable () -> JSON)?
         var meshRevoke: (@Sendable (String) -> String?)?
         var meshTopology: (@Sendable () -> JSON)?
+        var meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)?
+        var meshKeySubmit: (@Sendable (String) -> String?)?
         let selfName = configuration.node.name ?? configuration.node.id
         if let service = mesh {
             meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
+            meshKeySubmit = { text in service.submitKey(text: text) }
+            meshKeyLookup = { hash in
+                guard let record = service.apiKey(hash: hash) else { return nil }
+                return ClientKey(name: record.name, models: record.models, requestsPerMinute: record.requestsPerMinute > 0 ? Int(record.requestsPerMinute) : nil,
+                                 tokensPerMinute: record.tokensPerMinute > 0 ? Int(record.tokensPerMinute) : nil, usable: record.isUsable(nowMillis: wallClockMillis()))
+            }
             meshStatus = { MeshSetup.statusJSON(service) }
             meshTable = { MeshSetup.tableJSON(service) }
             meshRevoke = { text in service.submitRevocation(text: text) }
@@ -105,7 +113,8 @@ public final class NodeRuntime: Sendable {
         let cache: ResponseCache?
         do { cache = try ResponseCache(path: "\(dataDir)/cache.sqlite") } catch { throw NodeStartupError("cannot open \(dataDir)/cache.sqlite: \(error)") }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
-                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, initialSpend: spend)
+                              meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
+                              meshKeySubmit: meshKeySubmit, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr

@@ -31,6 +31,8 @@ public struct MeshServiceSettings: Sendable {
     public var tcpTimeout: Duration = .seconds(5)
     /// Most times a request may be forwarded (node.mesh.max_hops).
     public var maxHops = 2
+    /// The mesh admin key that signs API key records (node.mesh.trust.admin_public_key), if any.
+    public var keyAdmin: NodeID?
     /// How far a hop header's timestamp may be from this node's clock.
     public var hopWindowMillis: Int64 = 30_000
 
@@ -62,6 +64,7 @@ public final class MeshService: Service, Sendable {
         var lastRejectionLog: [String: Int64] = [:]
         var rtt: [NodeID: Duration] = [:]
         var started = false
+        var keys: KeyStore
     }
 
     public let identity: Ed25519.KeyPair
@@ -107,7 +110,7 @@ public final class MeshService: Service, Sendable {
         store.wallNowMillis = wall
         if !certificate.isEmpty { try? store.trust.admit(certificateBytes: certificate, for: identity.nodeID, nowMillis: wall) }
         let agent = MeshAgent(swim: swim, store: store, settings: settings.agent, seed: identity.nodeID.c)
-        self.state = Mutex(State(agent: agent, ownVersion: version))
+        self.state = Mutex(State(agent: agent, ownVersion: version, keys: KeyStore(admin: settings.keyAdmin)))
     }
 
     /// Supplies what the own record says (models, prices, load, health); called at each re-advertise check.
@@ -295,6 +298,12 @@ public final class MeshService: Service, Sendable {
                     for member in members where !member.alive.certificate.isEmpty {
                         do throws(Rejection) { try state.agent.store.trust.admit(certificateBytes: member.alive.certificate, for: member.alive.node, nowMillis: wall) } catch { note(&state, error.rawValue) }
                     }
+                case .apiKey(let bytes):
+                    do throws(Rejection) {
+                        if try state.keys.apply(bytes), let record = try? KeyRecord(bytes: bytes) {
+                            state.agent.swim.broadcast(.apiKey(bytes), key: .apiKey(record.id))
+                        }
+                    } catch { note(&state, "key_" + error.rawValue) }
                 case .revocation(let bytes):
                     do throws(Rejection) {
                         if try state.agent.store.trust.apply(revocationBytes: bytes), let revocation = try? Revocation(bytes: bytes) {
@@ -368,7 +377,8 @@ public final class MeshService: Service, Sendable {
         if isPushPull {
             let (reply, outputs) = state.withLock { state in
                 state.agent.store.wallNowMillis = wallMillis()
-                return state.agent.answerPushPull(messages, now: self.now)
+                let (reply, outputs) = state.agent.answerPushPull(messages, now: self.now)
+                return (reply + state.keys.keys.values.map { MeshMessage.apiKey($0.bytes) }, outputs)
             }
             perform(outputs)
             drainRejections()
@@ -427,7 +437,7 @@ public final class MeshService: Service, Sendable {
     }
 
     func pushPull(with peer: PeerAddress) async {
-        let request = state.withLock { $0.agent.pushPullRequest() }
+        let request = state.withLock { $0.agent.pushPullRequest() + $0.keys.keys.values.map { MeshMessage.apiKey($0.bytes) } }
         let packet = Packet.encode(request, signer: identity, meshKey: settings.meshKeys.first)
         do {
             guard let replyBytes = try await exchange(packet, with: peer, expectReply: true) else { return }
@@ -496,6 +506,24 @@ public final class MeshService: Service, Sendable {
     public var incarnation: UInt64 { state.withLock { $0.agent.swim.incarnation } }
 
     public var trust: TrustStore { state.withLock { $0.agent.store.trust } }
+
+    /// Applies an admin-signed API key record handed in by an operator and gossips it. Returns a problem, or nil.
+    public func submitKey(text: String) -> String? {
+        let record: KeyRecord
+        do { record = try KeyRecord(fileText: text) } catch { return "not an aimesh key record (\(error.rawValue))" }
+        return state.withLock { state -> String? in
+            do throws(Rejection) {
+                _ = try state.keys.apply(record.bytes)
+            } catch {
+                return error == .untrustedKey ? "the key record is not signed by this mesh's admin key (node.mesh.trust.admin_public_key)" : "refused: \(error.rawValue)"
+            }
+            state.agent.swim.broadcast(.apiKey(record.bytes), key: .apiKey(record.id))
+            return nil
+        }
+    }
+
+    /// The mesh-wide key with this SHA-256, if the mesh issued one.
+    public func apiKey(hash: [UInt8]) -> KeyRecord? { state.withLock { $0.keys.lookup(keyHash: hash) } }
 
     /// Applies an admin-signed revocation handed in by an operator and gossips it. Returns a problem, or nil.
     // MARK: Forwarding

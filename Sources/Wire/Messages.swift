@@ -102,6 +102,8 @@ public enum MeshMessage: Sendable, Equatable {
     case digest([DigestEntry])
     /// Push-pull (TCP only): full membership state.
     case members([MemberState])
+    /// An admin-signed API key record (only the key's hash), relayed byte for byte.
+    case apiKey([UInt8])
 
     public var code: UInt8 {
         switch self {
@@ -116,6 +118,7 @@ public enum MeshMessage: Sendable, Equatable {
         case .revocation: 9
         case .digest: 10
         case .members: 11
+        case .apiKey: 12
         }
     }
 
@@ -132,6 +135,7 @@ public enum MeshMessage: Sendable, Equatable {
         case .revocation: "revocation"
         case .digest: "digest"
         case .members: "members"
+        case .apiKey: "api_key"
         }
     }
 }
@@ -177,7 +181,7 @@ extension ByteWriter {
             alive(value)
         case .suspect(let value), .dead(let value):
             accusation(value)
-        case .record(let bytes), .revocation(let bytes):
+        case .record(let bytes), .revocation(let bytes), .apiKey(let bytes):
             raw(bytes)
         case .digest(let entries):
             u16(UInt16(entries.count))
@@ -261,6 +265,9 @@ extension ByteReader {
                 members.append(MemberState(alive: alive, status: status))
             }
             message = .members(members)
+        case 12:
+            guard length > 0, length <= 8192 else { throw length == 0 ? .malformed("empty key record") : .oversized("key record") }
+            message = .apiKey(try body.raw(length))
         default:
             throw .unknownType(code)
         }

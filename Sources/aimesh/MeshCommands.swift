@@ -184,3 +184,108 @@ func isoDate(_ millis: Int64) -> String {
     func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
     return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
 }
+
+struct KeysCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keys",
+        abstract: "Mesh-wide API keys: signed by the mesh admin key, gossiped to every node (only their hashes travel).",
+        subcommands: [Create.self, Revoke.self]
+    )
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make a key, hand its signed record to a node (it gossips to all) and print the key once.")
+
+        @Option(name: .long, help: "A name for the key (shown in the ledger and usage reports).")
+        var name: String
+
+        @Option(name: .long, help: "Requests per minute (0: no limit).")
+        var rpm: UInt32 = 0
+
+        @Option(name: .long, help: "Tokens per minute (0: no limit).")
+        var tpm: UInt32 = 0
+
+        @Option(name: .long, help: "Daily budget in US dollars (0: none).")
+        var budgetDaily: Double = 0
+
+        @Option(name: .long, help: "Models the key may use, comma-separated (default: all).")
+        var models: String?
+
+        @Option(name: .long, help: "How long the key is valid: 90d, 12h (default: no expiry).")
+        var expires: String?
+
+        @Option(name: .long, help: "The mesh admin key file.")
+        var adminKey: String = "./mesh-admin/admin.key"
+
+        @Option(name: .customLong("node"), help: "A node's API (e.g. http://127.0.0.1:8080) to hand the record to.")
+        var nodeURL: String?
+
+        @Option(name: .long, help: "Also write the signed record here.")
+        var out: String?
+
+        func run() async throws {
+            let admin: Ed25519.KeyPair
+            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
+                printError("aimesh: \(error.description)")
+                throw ExitCode(1)
+            }
+            var lifetime: Int64 = 0
+            if let expires {
+                guard let parsed = parseLifetime(expires) else { throw ValidationError("--expires takes a duration such as 90d or 12h") }
+                lifetime = parsed
+            }
+            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
+            let now = wallMillis()
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: name, issuedAtMillis: now, expiresAtMillis: lifetime > 0 ? now + lifetime : 0,
+                                   requestsPerMinute: rpm, tokensPerMinute: tpm, dailyBudget: budgetDaily,
+                                   models: models?.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty } ?? [],
+                                   admin: admin.nodeID).signed(by: admin)
+            if let out, !writeSmallFile(out, record.fileText) { printError("aimesh: cannot write \(out)") }
+            if let node = nodeURL {
+                let (status, body) = try await postText(url: node + "/aiproxy/keys", text: record.fileText, apiKey: nil)
+                guard status == 200 else {
+                    printError("aimesh: \(node) refused the key record (\(status)): \(body)")
+                    throw ExitCode(1)
+                }
+            }
+            print(key)
+            printError("key '\(name)' created\(nodeURL.map { "; \($0) gossips it to the mesh" } ?? ""). Store it now: only its hash is kept.")
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Revoke a mesh-wide key everywhere (give the key itself or its SHA-256).")
+
+        @Option(name: .long, help: "The key to revoke.")
+        var key: String?
+
+        @Option(name: .long, help: "Or its SHA-256 in hex.")
+        var hash: String?
+
+        @Option(name: .long, help: "The key's name (for the record).")
+        var name: String = "revoked"
+
+        @Option(name: .long, help: "The mesh admin key file.")
+        var adminKey: String = "./mesh-admin/admin.key"
+
+        @Option(name: .customLong("node"), help: "A node's API to hand the revocation to.")
+        var nodeURL: String
+
+        func run() async throws {
+            guard let digest = key.map({ Sodium.sha256(Array($0.utf8)) }) ?? hash.flatMap(ByteEncoding.fromHex), digest.count == 32 else {
+                throw ValidationError("give --key KEY or --hash SHA256HEX")
+            }
+            let admin: Ed25519.KeyPair
+            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
+                printError("aimesh: \(error.description)")
+                throw ExitCode(1)
+            }
+            let record = KeyRecord(keyHash: digest, name: name, issuedAtMillis: wallMillis(), revoked: true, admin: admin.nodeID).signed(by: admin)
+            let (status, body) = try await postText(url: nodeURL + "/aiproxy/keys", text: record.fileText, apiKey: nil)
+            guard status == 200 else {
+                printError("aimesh: \(nodeURL) refused the revocation (\(status)): \(body)")
+                throw ExitCode(1)
+            }
+            print("revoked; \(nodeURL) gossips it to the mesh")
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import Foundation
+import MeshCore
+import MeshState
+import Sodium
+import Testing
+
+/// Mesh-wide API keys: admin-signed records gossiped between whole nodes on 127.0.0.1.
+@Suite(.timeLimit(.minutes(1)), .serialized)
+struct MeshKeysTests {
+    static func node(_ name: String, admin: Ed25519.KeyPair, mock: String, seed: Int? = nil) async throws -> TestNode {
+        let peers = seed.map { ", peers: [\"127.0.0.1:\($0)\"]" } ?? ""
+        let node = try await TestNode.start(yaml: """
+        providers:
+          local: { type: local, base_url: \(mock)/v1, models: [ { name: m }, { name: other } ] }
+        security:
+          auth: { enabled: true }
+        """, name: name, nodeExtra: "mesh: { enabled: true, listen_addr: \"127.0.0.1:0\"\(peers), trust: { mode: open, admin_public_key: \"\(admin.nodeID.hex)\" }, \(MeshForwardTests.fastMesh) }")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while node.runtime.mesh?.boundPort == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        return node
+    }
+
+    @Test func keyMadeOnOneNode_worksOnAnother_andRevocationStopsItEverywhere() async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL)
+            let seed = try #require(a.runtime.mesh?.boundPort)
+            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed)
+            defer { Task { await a.stop(); await c.stop() } }
+            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "team-x", issuedAtMillis: now, requestsPerMinute: 5, models: ["m"],
+                                   admin: admin.nodeID).signed(by: admin)
+            let auth = [("authorization", "Bearer \(key)")]
+            #expect(try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 401, "unknown before it is issued")
+
+            // A record signed by someone else is refused.
+            let rogue = Ed25519.KeyPair.generate()
+            let forged = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "x", issuedAtMillis: now, admin: rogue.nodeID).signed(by: rogue)
+            let refused = try await a.post("/aiproxy/keys", bytes: Array(forged.fileText.utf8))
+            #expect(refused.status == 400 && refused.text.contains("admin"), "\(refused.text)")
+
+            let submitted = try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8))
+            #expect(submitted.status == 200, "\(submitted.text)")
+            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 },
+                    "the key reached c by gossip")
+            let other = try await c.post("/v1/chat/completions", chatBody("other"), headers: auth)
+            #expect(other.status == 403 && other.json["error"]?["code"]?.stringValue == "model_not_allowed")
+            // 5 requests per minute: the sixth within the minute is refused with retry-after.
+            var statuses: [Int] = []
+            for _ in 0..<6 { statuses.append(try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status) }
+            #expect(statuses.last == 429, "\(statuses)")
+
+            let revocation = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "team-x", issuedAtMillis: now + 1, revoked: true, admin: admin.nodeID).signed(by: admin)
+            #expect(try await c.post("/aiproxy/keys", bytes: Array(revocation.fileText.utf8)).status == 200)
+            #expect(try await MeshForwardTests.eventually {
+                let atA = try await a.post("/v1/chat/completions", chatBody("m"), headers: auth)
+                return atA.status == 401 && atA.text.contains("revoked")
+            }, "revoked everywhere")
+            #expect(try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 401)
+            // A stale re-issue cannot bring it back.
+            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
+            #expect(try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 401)
+        }
+    }
+}
