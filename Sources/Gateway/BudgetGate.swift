@@ -185,3 +185,52 @@ public final class BudgetGate: Sendable {
         }
     }
 }
+
+/// Per API key daily budgets (mesh-wide keys carry one). This node's spend per key and UTC day is
+/// kept here and advertised in its capability record; the mesh total adds what peers advertise.
+/// A request holds its maximum cost until it settles, like the node budget.
+public final class KeyBudgets: Sendable {
+    struct State {
+        var spend: [String: [UInt32: Double]] = [:]
+        var reservations: [String: (key: String, amount: Double)] = [:]
+        var reserved: [String: Double] = [:]
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public static func day(millis: Int64) -> UInt32 { UInt32(max(0, millis / 86_400_000)) }
+
+    public func localSpend(key: String, day: UInt32) -> Double { state.withLock { $0.spend[key]?[day] ?? 0 } }
+
+    /// This node's counters for the given days (for its record).
+    public func counters(days: Set<UInt32>) -> [(key: String, day: UInt32, amount: Double)] {
+        state.withLock { state in
+            state.spend.flatMap { key, byDay in byDay.filter { days.contains($0.key) && $0.value > 0 }.map { (key, $0.key, $0.value) } }
+                .sorted { ($0.key, $0.day) < ($1.key, $1.day) }
+        }
+    }
+
+    /// Holds `maxCost` for the key if `elsewhere` (peers' spend today) + ours + in flight + it fits `budget`.
+    func reserve(requestID: String, key: String, maxCost: Double, budget: Double, elsewhere: Double, day: UInt32) -> Bool {
+        state.withLock { state in
+            let total = elsewhere + (state.spend[key]?[day] ?? 0) + (state.reserved[key] ?? 0) + maxCost
+            guard total <= budget else { return false }
+            state.reservations[requestID] = (key, maxCost)
+            state.reserved[key, default: 0] += maxCost
+            return true
+        }
+    }
+
+    func release(requestID: String) {
+        state.withLock { state in
+            if let held = state.reservations.removeValue(forKey: requestID) { state.reserved[held.key] = max(0, (state.reserved[held.key] ?? 0) - held.amount) }
+        }
+    }
+
+    func settle(requestID: String, key: String?, cost: Double, day: UInt32) {
+        release(requestID: requestID)
+        guard let key, cost > 0 else { return }
+        state.withLock { $0.spend[key, default: [:]][day, default: 0] += cost }
+    }
+}

@@ -21,6 +21,8 @@ struct RequestOptions: Sendable {
     var fromNode: String?
     /// `x-aiproxy-cache-ttl`: cache this answer for this long (0 turns caching off for the request).
     var cacheTTL: Duration?
+    /// The client's key (its budget and limits).
+    var clientKey: ClientKey?
 }
 
 enum ChatOutcome: Sendable {
@@ -70,6 +72,7 @@ extension Gateway {
             }
             options.metadata = json.text
         }
+        options.clientKey = key
         if let key, !key.models.isEmpty, !key.models.contains(model) {
             throw APIError.forbidden("API key '\(key.name)' may not use '\(model)'; it may use: \(key.models.joined(separator: ", "))", code: "model_not_allowed")
         }
@@ -117,6 +120,15 @@ extension Gateway {
             if worst > 0 && !budget.reserve(requestID: requestID, maxCost: worst, nowMillis: wallClockMillis()) {
                 budgetStatus.paidAllowed = false
                 budgetStatus.reason = "the budget cannot hold this request's maximum cost ($\(worst)) next to what is spent and in flight"
+            } else if worst > 0, let key = options.clientKey, let limit = key.dailyBudget, limit > 0 {
+                // The key's budget is mesh-wide: what peers advertise it spent today, plus this node.
+                let day = KeyBudgets.day(millis: wallClockMillis())
+                let elsewhere = meshKeySpend?(key.name, day) ?? 0
+                if !keyBudgets.reserve(requestID: requestID, key: key.name, maxCost: worst, budget: limit, elsewhere: elsewhere, day: day) {
+                    budget.release(requestID: requestID)
+                    budgetStatus.paidAllowed = false
+                    budgetStatus.reason = "API key '\(key.name)' has spent its daily budget of $\(limit) across the mesh"
+                }
             }
         }
         let request = PlanRequest(
@@ -128,6 +140,7 @@ extension Gateway {
         let plan = RoutePlanner.plan(request, candidates: routes.map(\.candidate), using: &random)
         guard !plan.routes.isEmpty else {
             budget.release(requestID: requestID)
+            keyBudgets.release(requestID: requestID)
             let reasons = plan.excluded.map { "\($0.id): \($0.reason)" }.joined(separator: "; ")
             if !budgetStatus.paidAllowed, plan.excluded.contains(where: { $0.reason.contains("budget") }) {
                 var error = APIError(status: 429, type: "insufficient_quota", code: "budget_exceeded",
@@ -512,6 +525,7 @@ extension Gateway {
         metrics.floatCounter("aimesh_cost_usd_total", [("route", routeLabel)]).increment(by: cost)
         let now = wallClockMillis()
         budget.settle(requestID: requestID, cost: cost, nowMillis: now)
+        keyBudgets.settle(requestID: requestID, key: options.clientKey?.dailyBudget != nil ? options.clientKey?.name : apiKey, cost: cost, day: KeyBudgets.day(millis: now))
         rateLimiter.charge(key: apiKey, tokens: usage.totalTokens)
         guard let ledger, configuration.budget.trackCosts else { return }
         ledger.record(LedgerEntry(
@@ -524,6 +538,7 @@ extension Gateway {
     func recordFailure(requestID: String, model: String, apiKey: String?, error: APIError, attempts: [AttemptRecord], options: RequestOptions,
                        stream: Bool, start: ContinuousClock.Instant, endpoint: String) {
         budget.release(requestID: requestID)
+        keyBudgets.release(requestID: requestID)
         metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", "none"), ("status", String(error.status))]).increment()
         for attempt in attempts {
             metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()

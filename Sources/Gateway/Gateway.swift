@@ -32,7 +32,10 @@ public struct ClientKey: Sendable {
     public var requestsPerMinute: Int?
     public var tokensPerMinute: Int?
     public var usable: Bool
-    public init(name: String, models: [String] = [], requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, usable: Bool = true) {
+    /// Mesh-wide daily budget in dollars.
+    public var dailyBudget: Double?
+    public init(name: String, models: [String] = [], requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil, usable: Bool = true, dailyBudget: Double? = nil) {
+        self.dailyBudget = dailyBudget
         self.name = name
         self.models = models
         self.requestsPerMinute = requestsPerMinute
@@ -94,6 +97,10 @@ public final class Gateway: Sendable {
     let startedAtMillis = wallClockMillis()
     let executor: RequestExecutor
     let rateLimiter: RateLimiter
+    /// Per-key daily spend and reservations (advertised to the mesh in this node's record).
+    public let keyBudgets = KeyBudgets()
+    /// Optional: what peers advertise a key spent on a UTC day.
+    let meshKeySpend: (@Sendable (String, UInt32) -> Double)?
     /// Exact-match answers, opt-in per model (`cache_ttl`) or per request (`x-aiproxy-cache-ttl`).
     public let cache: ResponseCache?
     let apiKeys: [(hash: [UInt8], name: String)]
@@ -114,7 +121,7 @@ public final class Gateway: Sendable {
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
                 meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)? = nil,
-                meshKeySubmit: (@Sendable (String) -> String?)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                meshKeySubmit: (@Sendable (String) -> String?)? = nil, meshKeySpend: (@Sendable (String, UInt32) -> Double)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -132,6 +139,7 @@ public final class Gateway: Sendable {
         self.cache = cache
         self.meshKeyLookup = meshKeyLookup
         self.meshKeySubmit = meshKeySubmit
+        self.meshKeySpend = meshKeySpend
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus

@@ -58,6 +58,19 @@ public struct CapabilityRecord: Sendable, Equatable {
         }
     }
 
+    /// Grow-only spend of one API key on this node for one UTC day (mesh-wide budgets sum them).
+    public struct SpendCounter: Sendable, Equatable {
+        public var key: String
+        /// Days since 1970-01-01 (UTC).
+        public var day: UInt32
+        public var amount: Double
+        public init(key: String, day: UInt32, amount: Double) {
+            self.key = key
+            self.day = day
+            self.amount = amount
+        }
+    }
+
     static let magic: [UInt8] = Array("AMK1".utf8)
 
     public var origin: NodeID
@@ -78,10 +91,12 @@ public struct CapabilityRecord: Sendable, Equatable {
     public var queued: UInt32
     public var gpus: [GPU]
     public var providers: [ProviderHealth]
+    public var spend: [SpendCounter] = []
 
     public init(origin: NodeID, version: UInt64, incarnation: UInt64 = 0, issuedAtMillis: Int64, expiresAtMillis: Int64, apiAddress: String,
                 gossipAddress: PeerAddress, name: String = "", region: String = "", nodeType: String = "standalone", models: [Model] = [],
-                maxConcurrency: UInt32 = 0, inFlight: UInt32 = 0, queued: UInt32 = 0, gpus: [GPU] = [], providers: [ProviderHealth] = []) {
+                maxConcurrency: UInt32 = 0, inFlight: UInt32 = 0, queued: UInt32 = 0, gpus: [GPU] = [], providers: [ProviderHealth] = [], spend: [SpendCounter] = []) {
+        self.spend = spend
         self.origin = origin
         self.version = version
         self.incarnation = incarnation
@@ -104,6 +119,7 @@ public struct CapabilityRecord: Sendable, Equatable {
     static let maxCapabilities = 32
     static let maxGPUs = 64
     static let maxProviders = 255
+    static let maxSpend = 4096
 
     /// The canonical bytes the signature covers.
     public var canonicalBytes: [UInt8] {
@@ -148,6 +164,12 @@ public struct CapabilityRecord: Sendable, Equatable {
             w.bool(provider.up)
             w.f64(provider.errorRate)
             w.f64(provider.latencyMillis)
+        }
+        w.u16(UInt16(min(spend.count, CapabilityRecord.maxSpend)))
+        for counter in spend.prefix(CapabilityRecord.maxSpend) {
+            w.string8(counter.key)
+            w.u32(counter.day)
+            w.f64(counter.amount)
         }
         return w.bytes
     }
@@ -206,6 +228,13 @@ public struct CapabilityRecord: Sendable, Equatable {
             for _ in 0..<providerCount {
                 providers.append(ProviderHealth(name: try r.string8(what: "provider"), kind: try r.string8(what: "provider kind"), up: try r.bool(),
                                                 errorRate: try r.f64(), latencyMillis: try r.f64()))
+            }
+            let spendCount = try r.count16(max: CapabilityRecord.maxSpend, what: "spend counters")
+            spend = []
+            for _ in 0..<spendCount {
+                let counter = SpendCounter(key: try r.string8(what: "key"), day: try r.u32(), amount: try r.f64())
+                guard counter.amount >= 0 else { throw Rejection.malformed }
+                spend.append(counter)
             }
             try r.expectEnd()
         } catch let error as Rejection {

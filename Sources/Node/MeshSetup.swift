@@ -125,10 +125,13 @@ enum MeshSetup {
                 providers.append(.init(name: provider.name, kind: provider.vendor, up: up, errorRate: snapshot?.errorRate ?? 0,
                                        latencyMillis: snapshot?.latency.map { $0.millisecondsRounded } ?? 0))
             }
+            let today = KeyBudgets.day(millis: wallClockMillis())
+            let spend = gateway.keyBudgets.counters(days: [today, today &- 1]).map { CapabilityRecord.SpendCounter(key: $0.key, day: $0.day, amount: $0.amount) }
             return CapabilityRecord(origin: NodeID(testNumber: 0), version: 0, issuedAtMillis: 0, expiresAtMillis: 0, apiAddress: apiAddress(),
                                     gossipAddress: PeerAddress(host: "0.0.0.0", port: 1), name: configuration.node.name ?? configuration.node.id,
                                     region: configuration.node.region, nodeType: configuration.node.type.rawValue, models: models,
-                                    maxConcurrency: UInt32(clamping: capacity), inFlight: UInt32(clamping: inFlight), queued: 0, gpus: gpus.current(), providers: providers)
+                                    maxConcurrency: UInt32(clamping: capacity), inFlight: UInt32(clamping: inFlight), queued: 0, gpus: gpus.current(), providers: providers,
+                                    spend: spend)
         }
     }
 

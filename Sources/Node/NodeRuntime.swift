@@ -96,6 +96,7 @@ public final class NodeRuntime: Sendable {
         var meshTopology: (@Sendable () -> JSON)?
         var meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)?
         var meshKeySubmit: (@Sendable (String) -> String?)?
+        var meshKeySpend: (@Sendable (String, UInt32) -> Double)?
         let selfName = configuration.node.name ?? configuration.node.id
         if let service = mesh {
             meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
@@ -103,7 +104,13 @@ public final class NodeRuntime: Sendable {
             meshKeyLookup = { hash in
                 guard let record = service.apiKey(hash: hash) else { return nil }
                 return ClientKey(name: record.name, models: record.models, requestsPerMinute: record.requestsPerMinute > 0 ? Int(record.requestsPerMinute) : nil,
-                                 tokensPerMinute: record.tokensPerMinute > 0 ? Int(record.tokensPerMinute) : nil, usable: record.isUsable(nowMillis: wallClockMillis()))
+                                 tokensPerMinute: record.tokensPerMinute > 0 ? Int(record.tokensPerMinute) : nil, usable: record.isUsable(nowMillis: wallClockMillis()),
+                                 dailyBudget: record.dailyBudget > 0 ? record.dailyBudget : nil)
+            }
+            meshKeySpend = { key, day in
+                service.records().filter { $0.record.origin != service.nodeID }.reduce(0) { total, entry in
+                    total + entry.record.spend.filter { $0.key == key && $0.day == day }.reduce(0) { $0 + $1.amount }
+                }
             }
             meshStatus = { MeshSetup.statusJSON(service) }
             meshTable = { MeshSetup.tableJSON(service) }
@@ -114,7 +121,7 @@ public final class NodeRuntime: Sendable {
         do { cache = try ResponseCache(path: "\(dataDir)/cache.sqlite") } catch { throw NodeStartupError("cannot open \(dataDir)/cache.sqlite: \(error)") }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
-                              meshKeySubmit: meshKeySubmit, initialSpend: spend)
+                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr

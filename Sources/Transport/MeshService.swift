@@ -237,7 +237,8 @@ public final class MeshService: Service, Sendable {
                                            name: record.name, region: record.region, nodeType: record.nodeType, models: record.models,
                                            maxConcurrency: record.maxConcurrency, inFlight: record.inFlight / 4, queued: record.queued / 4,
                                            gpus: record.gpus.map { var g = $0; g.memoryUsedMB /= 1024; g.utilizationPercent /= 25; return g },
-                                           providers: record.providers.map { .init(name: $0.name, kind: $0.kind, up: $0.up, errorRate: ($0.errorRate * 10).rounded(), latencyMillis: 0) }).canonicalBytes
+                                           providers: record.providers.map { .init(name: $0.name, kind: $0.kind, up: $0.up, errorRate: ($0.errorRate * 10).rounded(), latencyMillis: 0) },
+                                           spend: record.spend).canonicalBytes
         let ttlMillis = Int64(settings.recordTTL.components.seconds * 1000)
         let due = state.withLock { state -> Bool in
             force || fingerprint != state.lastFingerprint || wall - state.lastPublishMillis >= ttlMillis / 3

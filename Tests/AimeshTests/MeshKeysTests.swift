@@ -1,4 +1,6 @@
 import Foundation
+@testable import Gateway
+import Ledger
 import MeshCore
 import MeshState
 import Sodium
@@ -7,11 +9,13 @@ import Testing
 /// Mesh-wide API keys: admin-signed records gossiped between whole nodes on 127.0.0.1.
 @Suite(.timeLimit(.minutes(1)), .serialized)
 struct MeshKeysTests {
-    static func node(_ name: String, admin: Ed25519.KeyPair, mock: String, seed: Int? = nil) async throws -> TestNode {
+    static func node(_ name: String, admin: Ed25519.KeyPair, mock: String, seed: Int? = nil, paid: Bool = false) async throws -> TestNode {
         let peers = seed.map { ", peers: [\"127.0.0.1:\($0)\"]" } ?? ""
+        let provider = paid ? "p: { type: openai_compatible, base_url: \(mock)/v1, api_key: k-1234567, models: [ { name: m, cost_per_1k_tokens: 1 } ] }"
+                            : "local: { type: local, base_url: \(mock)/v1, models: [ { name: m }, { name: other } ] }"
         let node = try await TestNode.start(yaml: """
         providers:
-          local: { type: local, base_url: \(mock)/v1, models: [ { name: m }, { name: other } ] }
+          \(provider)
         security:
           auth: { enabled: true }
         """, name: name, nodeExtra: "mesh: { enabled: true, listen_addr: \"127.0.0.1:0\"\(peers), trust: { mode: open, admin_public_key: \"\(admin.nodeID.hex)\" }, \(MeshForwardTests.fastMesh) }")
@@ -61,6 +65,41 @@ struct MeshKeysTests {
             // A stale re-issue cannot bring it back.
             #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
             #expect(try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 401)
+        }
+    }
+
+    @Test func keyBudget_isMeshWide_andNeverOverspent() async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL, paid: true)
+            let seed = try #require(a.runtime.mesh?.boundPort)
+            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed, paid: true)
+            defer { Task { await a.stop(); await c.stop() } }
+            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "budgeted", issuedAtMillis: now, dailyBudget: 0.05, admin: admin.nodeID).signed(by: admin)
+            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
+            let auth = [("authorization", "Bearer \(key)")]
+            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200 })
+            // $0.001 a token; each request may cost (prompt + 20) tokens and really costs ~11.
+            #expect(try await a.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200)
+            // c learns a's spend from a's record, so the key's budget holds across the mesh.
+            let spentAtA = a.gateway.keyBudgets.localSpend(key: "budgeted", day: KeyBudgets.day(millis: now))
+            #expect(try await MeshForwardTests.eventually {
+                spentAtA > 0 && (c.gateway.meshKeySpend?("budgeted", KeyBudgets.day(millis: now)) ?? 0) >= spentAtA - 1e-9
+            }, "a's spend reached c: \(spentAtA) vs \(c.gateway.meshKeySpend?("budgeted", KeyBudgets.day(millis: now)) ?? -1); a's own record: \(a.runtime.mesh?.records().first { $0.record.origin == a.runtime.mesh?.nodeID }?.record.spend ?? [])")
+            var statuses: [Int] = []
+            for _ in 0..<6 { statuses.append(try await c.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status) }
+            #expect(statuses.contains(429), "the budget ran out: \(statuses)")
+            let refused = try await c.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth)
+            #expect(refused.json["error"]?["code"]?.stringValue == "budget_exceeded", "\(refused.text)")
+            await a.gateway.ledger?.flush()
+            await c.gateway.ledger?.flush()
+            let total = try [a, c].reduce(0.0) { sum, node in
+                sum + (try LedgerReader(path: node.dataDir + "/ledger.sqlite").recent(limit: 100).filter { $0.apiKey == "budgeted" }.reduce(0) { $0 + $1.cost })
+            }
+            #expect(total <= 0.05 + 1e-9, "mesh-wide spend \(total)")
+            #expect(total > 0.03)
         }
     }
 }
