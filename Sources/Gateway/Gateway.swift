@@ -109,6 +109,9 @@ public final class Gateway: Sendable {
     let meshStatus: (@Sendable () -> JSON)?
     /// Optional: `/aiproxy/mesh/table` (the mesh's signed record table).
     let meshTable: (@Sendable () -> JSON)?
+    /// Optional: who may use admin endpoints (usage, the record table, addresses in the topology): the
+    /// mesh admin or a certified node, by their `x-aiproxy-admin` signature. nil: a normal API key is enough.
+    let adminCheck: (@Sendable (_ header: String?, _ method: String, _ target: String) -> Bool)?
     /// Optional: mesh-wide API keys by SHA-256 (the mesh admin's key records).
     let meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)?
     /// Optional: takes an admin-signed key record (file text) and gossips it; returns a problem or nil.
@@ -121,7 +124,8 @@ public final class Gateway: Sendable {
     public init(configuration: NodeConfiguration, client: CurlClient, ledger: Ledger?, metrics: NodeMetrics = NodeMetrics(), logger: Logger,
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
                 meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)? = nil,
-                meshKeySubmit: (@Sendable (String) -> String?)? = nil, meshKeySpend: (@Sendable (String, UInt32) -> Double)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                meshKeySubmit: (@Sendable (String) -> String?)? = nil, meshKeySpend: (@Sendable (String, UInt32) -> Double)? = nil,
+                adminCheck: (@Sendable (String?, String, String) -> Bool)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -140,6 +144,7 @@ public final class Gateway: Sendable {
         self.meshKeyLookup = meshKeyLookup
         self.meshKeySubmit = meshKeySubmit
         self.meshKeySpend = meshKeySpend
+        self.adminCheck = adminCheck
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus
@@ -175,7 +180,8 @@ public final class Gateway: Sendable {
             router.post("/aiproxy/predict") { request, context in await self.predict(request, context: context) }
         }
         router.get("/aiproxy/mesh/status") { _, _ in JSONResponse.make(self.meshStatusJSON()) }
-        router.get("/aiproxy/mesh/table") { _, _ in
+        router.get("/aiproxy/mesh/table") { request, _ in
+            guard self.isAdmin(request) else { return Gateway.adminRequired() }
             guard let table = self.meshTable else {
                 return APIError(status: 404, type: "not_found", code: "mesh_disabled",
                                 message: "this node is not in a mesh; set node.mesh.enabled (or --gossip-listen / --peers)").response()
@@ -187,12 +193,13 @@ public final class Gateway: Sendable {
             buffer.writeString(MeshPage.html)
             return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"], body: ResponseBody(byteBuffer: buffer))
         }
-        router.get("/aiproxy/mesh/topology") { _, _ in
+        router.get("/aiproxy/mesh/topology") { request, _ in
             guard let topology = self.meshTopology else {
                 return APIError(status: 404, type: "not_found", code: "mesh_disabled",
                                 message: "this node is not in a mesh; set node.mesh.enabled (or --gossip-listen / --peers)").response()
             }
-            return JSONResponse.make(topology())
+            // Addresses are for admins; everyone else sees the map without them.
+            return JSONResponse.make(self.isAdmin(request) ? topology() : Gateway.withoutAddresses(topology()))
         }
         router.post("/aiproxy/keys") { request, _ in
             guard let submit = self.meshKeySubmit else {
@@ -216,7 +223,10 @@ public final class Gateway: Sendable {
         }
         router.get("/aiproxy/routes") { _, _ in JSONResponse.make(self.routesJSON()) }
         router.get("/aiproxy/ledger/status") { _, _ in JSONResponse.make(self.ledgerStatusJSON()) }
-        router.get("/aiproxy/usage") { request, _ in self.usageResponse(request) }
+        router.get("/aiproxy/usage") { request, _ in
+            guard self.isAdmin(request) else { return Gateway.adminRequired() }
+            return self.usageResponse(request)
+        }
         router.get("/health") { _, _ in JSONResponse.make(self.healthJSON()) }
         if configuration.observability.metricsEnabled {
             router.get(RouterPath(configuration.observability.metricsPath)) { _, _ in self.metricsResponse() }
@@ -233,6 +243,29 @@ public final class Gateway: Sendable {
     }
 
     /// Checks an API key; returns its name, or nil when unknown.
+    /// Whether the request may use admin endpoints.
+    func isAdmin(_ request: Request) -> Bool {
+        guard let adminCheck else { return true }
+        let target = request.uri.query.map { "\(request.uri.path)?\($0)" } ?? request.uri.path
+        return adminCheck(request.headers[.aiproxyAdmin], request.method.rawValue, target)
+    }
+
+    static func adminRequired() -> Response {
+        APIError(status: 403, type: "permission_denied", code: "admin_required",
+                 message: "this endpoint needs the mesh admin key or a node certificate: sign the request (aimesh usage|topology --admin-key FILE)").response()
+    }
+
+    static func withoutAddresses(_ topology: JSON) -> JSON {
+        guard case .object(var object) = topology, let nodes = object["nodes"]?.arrayValue else { return topology }
+        object["nodes"] = .array(nodes.map { node in
+            guard case .object(var fields) = node else { return node }
+            fields["api"] = nil
+            fields["gossip"] = nil
+            return .object(fields)
+        })
+        return .object(object)
+    }
+
     /// A client key: the config file's (`security.auth.api_keys`), or a mesh-wide one gossiped by the
     /// admin. Returns the key's name and what it may do, or why it may not.
     func authenticate(bearer: String) -> Result<ClientKey, APIError> {

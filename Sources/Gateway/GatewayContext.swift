@@ -72,5 +72,6 @@ extension HTTPField.Name {
     static let aiproxyHop = HTTPField.Name("x-aiproxy-hop")!
     static let aiproxyCacheTTL = HTTPField.Name("x-aiproxy-cache-ttl")!
     static let aiproxyCache = HTTPField.Name("x-aiproxy-cache")!
+    static let aiproxyAdmin = HTTPField.Name("x-aiproxy-admin")!
     static let accelBuffering = HTTPField.Name("x-accel-buffering")!
 }

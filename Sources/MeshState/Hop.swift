@@ -76,3 +76,31 @@ public struct HopHeader: Sendable, Equatable {
 
     public var isSignatureValid: Bool { Ed25519.verify(signature: signature, message: signedBytes, publicKey: from.bytes) }
 }
+
+/// `x-aiproxy-admin`: a request to an admin endpoint signed by the mesh admin key or a certified node's
+/// key (PROTOCOL.md §11).
+///
+///     "AMA1" | signer NodeID | timestamp_ms i64 | sha256("METHOD PATH?QUERY")[32] | signature[64]
+public struct AdminSignature: Sendable {
+    static let magic: [UInt8] = Array("AMA1".utf8)
+    public static let name = "x-aiproxy-admin"
+
+    public static func sign(method: String, target: String, key: Ed25519.KeyPair, timestampMillis: Int64) -> String {
+        var w = ByteWriter(capacity: 140)
+        w.raw(magic)
+        w.nodeID(key.nodeID)
+        w.i64(timestampMillis)
+        w.raw(Sodium.sha256(Array("\(method.uppercased()) \(target)".utf8)))
+        return ByteEncoding.base64(w.bytes + key.sign(w.bytes), url: true)
+    }
+
+    /// The signer, when the header is well formed, signed, recent and for this request.
+    public static func verify(_ value: String, method: String, target: String, nowMillis: Int64, windowMillis: Int64 = 60_000) -> NodeID? {
+        guard value.utf8.count <= 512, let bytes = ByteEncoding.fromBase64(value), bytes.count == 4 + 32 + 8 + 32 + 64 else { return nil }
+        var r = ByteReader(bytes)
+        guard (try? r.raw(4)) == magic, let signer = try? r.nodeID(), let timestamp = try? r.i64(), let digest = try? r.raw(32) else { return nil }
+        guard abs(nowMillis - timestamp) <= windowMillis, digest == Sodium.sha256(Array("\(method.uppercased()) \(target)".utf8)) else { return nil }
+        guard Ed25519.verify(signature: Array(bytes[76...]), message: Array(bytes[..<76]), publicKey: signer.bytes) else { return nil }
+        return signer
+    }
+}

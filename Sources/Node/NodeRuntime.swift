@@ -7,6 +7,7 @@ import MeshCore
 import NIOCore
 import NodeConfig
 import ServiceLifecycle
+import MeshState
 import Transport
 import Synchronization
 
@@ -97,6 +98,7 @@ public final class NodeRuntime: Sendable {
         var meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)?
         var meshKeySubmit: (@Sendable (String) -> String?)?
         var meshKeySpend: (@Sendable (String, UInt32) -> Double)?
+        var adminCheck: (@Sendable (String?, String, String) -> Bool)?
         let selfName = configuration.node.name ?? configuration.node.id
         if let service = mesh {
             meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
@@ -106,6 +108,13 @@ public final class NodeRuntime: Sendable {
                 return ClientKey(name: record.name, models: record.models, requestsPerMinute: record.requestsPerMinute > 0 ? Int(record.requestsPerMinute) : nil,
                                  tokensPerMinute: record.tokensPerMinute > 0 ? Int(record.tokensPerMinute) : nil, usable: record.isUsable(nowMillis: wallClockMillis()),
                                  dailyBudget: record.dailyBudget > 0 ? record.dailyBudget : nil)
+            }
+            if let admin = configuration.node.mesh.adminPublicKey.flatMap(NodeID.init(hex:)) {
+                adminCheck = { header, method, target in
+                    guard let header, let signer = AdminSignature.verify(header, method: method, target: target, nowMillis: wallClockMillis()) else { return false }
+                    // The admin, or a node the mesh certified (ca mode).
+                    return signer == admin || (configuration.node.mesh.trustMode == .ca && service.trust.isTrusted(signer, nowMillis: wallClockMillis()))
+                }
             }
             meshKeySpend = { key, day in
                 service.records().filter { $0.record.origin != service.nodeID }.reduce(0) { total, entry in
@@ -121,7 +130,7 @@ public final class NodeRuntime: Sendable {
         do { cache = try ResponseCache(path: "\(dataDir)/cache.sqlite") } catch { throw NodeStartupError("cannot open \(dataDir)/cache.sqlite: \(error)") }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
-                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, initialSpend: spend)
+                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr

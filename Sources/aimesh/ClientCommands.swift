@@ -1,6 +1,7 @@
 import ArgumentParser
 import CurlHTTP
 import MeshCore
+import MeshState
 
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,9 @@ struct NodeClientOptions: ParsableArguments {
 
     @Option(name: .long, help: "API key (default: $AIMESH_API_KEY).")
     var apiKey: String?
+
+    @Option(name: .long, help: "Sign requests with this key file (the mesh admin's, or this node's node.key in a CA mesh) for admin endpoints.")
+    var adminKey: String?
 
     var headers: [(name: String, value: String)] {
         let key = apiKey ?? getenv("AIMESH_API_KEY").map { String(cString: $0) }
@@ -31,6 +35,16 @@ struct NodeClientOptions: ParsableArguments {
     func get(_ path: String) async throws -> JSON {
         let client = CurlClient()
         defer { client.shutdown() }
+        var headers = self.headers
+        if let adminKey {
+            let kind = (readSmallFile(adminKey) ?? "").hasPrefix("aimesh-admin-key") ? "admin" : "node"
+            do {
+                let key = try KeyFile.load(path: adminKey, kind: kind)
+                headers.append((AdminSignature.name, AdminSignature.sign(method: "GET", target: path, key: key, timestampMillis: wallMillis())))
+            } catch {
+                throw ValidationError(error.description)
+            }
+        }
         let (head, body) = try await client.send(OutboundRequest(url: baseURL + path, headers: headers, timeouts: Timeouts(connect: .seconds(5), firstByte: .seconds(30))))
         let json = try JSONParser.parse(body)
         if head.status >= 400 { throw ValidationError(json["error"]?["message"]?.stringValue ?? "HTTP \(head.status)") }

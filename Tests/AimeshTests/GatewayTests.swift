@@ -236,7 +236,7 @@ struct GatewayTests {
 
     @Test func breaker_opensSkipsTheRouteAndHalfOpens() async throws {
         try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
-            let breaker = "  circuit_breaker: { consecutive_failures: 2, open_duration: 300ms }"
+            let breaker = "  circuit_breaker: { consecutive_failures: 2, open_duration: 2s }"
             let yaml = Self.twoRoutesYAML(mocks[0], mocks[1]).replacingOccurrences(of: "  failover:", with: "\(breaker)\n  failover:")
             let node = try await TestNode.start(yaml: yaml)
             defer { Task { await node.stop() } }
@@ -255,7 +255,7 @@ struct GatewayTests {
             #expect(routes.text.contains("open"), "\(routes.text)")
             // After the open period one probe goes through; the route has recovered, so it closes.
             mocks[0].setSticky(nil)
-            let deadline = ContinuousClock.now + .seconds(5)
+            let deadline = ContinuousClock.now + .seconds(12)
             var recovered = false
             while ContinuousClock.now < deadline {
                 let reply = try await node.post("/v1/chat/completions", chatBody("m"))

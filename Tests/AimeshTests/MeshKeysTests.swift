@@ -102,4 +102,30 @@ struct MeshKeysTests {
             #expect(total > 0.03)
         }
     }
+
+    @Test func adminEndpoints_needTheAdminsSignature() async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let node = try await TestNode.start(yaml: """
+            providers:
+              local: { type: local, base_url: \(mocks[0].baseURL)/v1, models: [ { name: m } ] }
+            """, name: "admin", nodeExtra: "mesh: { enabled: true, listen_addr: \"127.0.0.1:0\", trust: { mode: open, admin_public_key: \"\(admin.nodeID.hex)\" } }")
+            defer { Task { await node.stop() } }
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            func signed(_ target: String, by key: Ed25519.KeyPair, at time: Int64 = now) -> [(name: String, value: String)] {
+                [(AdminSignature.name, AdminSignature.sign(method: "GET", target: target, key: key, timestampMillis: time))]
+            }
+            let plain = try await node.get("/aiproxy/usage?group_by=model")
+            #expect(plain.status == 403 && plain.json["error"]?["code"]?.stringValue == "admin_required")
+            #expect(try await node.get("/aiproxy/usage?group_by=model", headers: signed("/aiproxy/usage?group_by=model", by: admin)).status == 200)
+            #expect(try await node.get("/aiproxy/usage?group_by=model", headers: signed("/aiproxy/usage?group_by=node", by: admin)).status == 403, "signed for another request")
+            #expect(try await node.get("/aiproxy/usage?group_by=model", headers: signed("/aiproxy/usage?group_by=model", by: .generate())).status == 403, "not the admin")
+            #expect(try await node.get("/aiproxy/usage?group_by=model", headers: signed("/aiproxy/usage?group_by=model", by: admin, at: now - 600_000)).status == 403, "too old")
+            #expect(try await node.get("/aiproxy/mesh/table").status == 403)
+            let topology = try await node.get("/aiproxy/mesh/topology")
+            #expect(topology.status == 200 && !topology.text.contains("gossip"), "no addresses without the admin key")
+            let full = try await node.get("/aiproxy/mesh/topology", headers: signed("/aiproxy/mesh/topology", by: admin))
+            #expect(full.text.contains("gossip"))
+        }
+    }
 }
