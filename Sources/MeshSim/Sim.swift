@@ -5,23 +5,27 @@ import Wire
 /// Synthetic records for the simulator: origin (32) | version (8) | padding, the size of a real record.
 public struct SimRecordStore: RecordStore {
     public private(set) var versions: [NodeID: UInt64] = [:]
+    /// The spend counter each origin's freshest record carries (mesh-wide budgets sum these).
+    public private(set) var spend: [NodeID: Double] = [:]
     var bytesByOrigin: [NodeID: [UInt8]] = [:]
 
     public init() {}
 
-    public static func record(origin: NodeID, version: UInt64, padding: Int) -> [UInt8] {
-        var writer = ByteWriter(capacity: 40 + padding)
+    public static func record(origin: NodeID, version: UInt64, padding: Int, spend: Double = 0) -> [UInt8] {
+        var writer = ByteWriter(capacity: 48 + padding)
         writer.nodeID(origin)
         writer.u64(version)
+        writer.f64(spend)
         writer.raw([UInt8](repeating: 0, count: padding))
         return writer.bytes
     }
 
     public mutating func merge(_ bytes: [UInt8], now: Duration) -> NodeID? {
         var reader = ByteReader(bytes)
-        guard let origin = try? reader.nodeID(), let version = try? reader.u64() else { return nil }
+        guard let origin = try? reader.nodeID(), let version = try? reader.u64(), let amount = try? reader.f64() else { return nil }
         guard version > versions[origin] ?? 0 else { return nil }
         versions[origin] = version
+        spend[origin] = amount
         bytesByOrigin[origin] = bytes
         return origin
     }
@@ -69,6 +73,8 @@ public final class MeshSimulation {
         var nextWake: Duration = .zero
         public var bytesSent = 0
         public var ownVersion: UInt64 = 0
+        /// What this node has spent on one key (its ledger), advertised as a grow-only counter.
+        public var ledgerSpend: Double = 0
     }
 
     /// A membership verdict seen by one node about another.
@@ -139,7 +145,7 @@ public final class MeshSimulation {
     public func publish(_ i: Int) -> UInt64 {
         nodes[i].ownVersion += 1
         let version = nodes[i].ownVersion
-        let bytes = SimRecordStore.record(origin: nodes[i].id, version: version, padding: settings.recordPadding)
+        let bytes = SimRecordStore.record(origin: nodes[i].id, version: version, padding: settings.recordPadding, spend: nodes[i].ledgerSpend)
         if nodes[i].agent.publish(bytes, now: now) { noteSeen(observer: i, origin: i, version: version) }
         nodes[i].nextWake = now
         return version
@@ -153,6 +159,7 @@ public final class MeshSimulation {
         let version = nodes[i].ownVersion
         var node = makeNode(i, incarnation: incarnation)
         node.ownVersion = version
+        node.ledgerSpend = nodes[i].ledgerSpend
         nodes[i] = node
         nodes[i].nextWake = now
         publish(i)
@@ -302,6 +309,17 @@ public final class MeshSimulation {
         let needed = Int((Double(up.count) * fraction).rounded(.up))
         guard needed > 0, seen.count >= needed else { return nil }
         return max(.zero, seen[needed - 1])
+    }
+
+    /// Node `i` spends `amount` (its ledger grows) and re-advertises its counter.
+    public func spend(_ i: Int, _ amount: Double) {
+        nodes[i].ledgerSpend += amount
+        publish(i)
+    }
+
+    /// The mesh-wide spend as node `i` sees it: the sum of every origin's freshest counter.
+    public func meshSpend(seenBy i: Int) -> Double {
+        nodes[i].agent.store.spend.values.reduce(0, +)
     }
 
     /// How many up nodes hold `origin`'s record `version`.
