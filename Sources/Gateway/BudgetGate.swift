@@ -234,3 +234,37 @@ public final class KeyBudgets: Sendable {
         state.withLock { $0.spend[key, default: [:]][day, default: 0] += cost }
     }
 }
+
+
+/// Requests per mesh-wide key per minute on this node, advertised in its record (as counters named
+/// `requests:NAME` for minute `period`) so that a key's per-minute limit holds across the mesh.
+public final class KeyRequestCounts: Sendable {
+    private let counts = Mutex<[String: [UInt32: Int]]>([:])
+
+    public init() {}
+
+    public static func minute(millis: Int64) -> UInt32 { UInt32(max(0, millis / 60_000)) }
+
+    public func local(key: String, minute: UInt32) -> Int { counts.withLock { $0[key]?[minute] ?? 0 } }
+
+    /// Counts one request if the mesh total (peers' counts + ours) is under `limit`.
+    func admit(key: String, limit: Int, elsewhere: Int, minute: UInt32) -> Bool {
+        counts.withLock { counts in
+            let mine = counts[key]?[minute] ?? 0
+            guard elsewhere + mine < limit else { return false }
+            counts[key, default: [:]][minute] = mine + 1
+            // Keep only the current and previous minute.
+            if var byMinute = counts[key], byMinute.count > 2 {
+                byMinute = byMinute.filter { $0.key + 1 >= minute }
+                counts[key] = byMinute
+            }
+            return true
+        }
+    }
+
+    public func counters(minutes: Set<UInt32>) -> [(key: String, minute: UInt32, count: Int)] {
+        counts.withLock { counts in
+            counts.flatMap { key, byMinute in byMinute.filter { minutes.contains($0.key) }.map { (key, $0.key, $0.value) } }.sorted { ($0.key, $0.minute) < ($1.key, $1.minute) }
+        }
+    }
+}

@@ -99,8 +99,12 @@ public final class Gateway: Sendable {
     let rateLimiter: RateLimiter
     /// Per-key daily spend and reservations (advertised to the mesh in this node's record).
     public let keyBudgets = KeyBudgets()
+    /// Per-key request counts per minute (advertised to the mesh).
+    public let keyRequests = KeyRequestCounts()
     /// Optional: what peers advertise a key spent on a UTC day.
     let meshKeySpend: (@Sendable (String, UInt32) -> Double)?
+    /// Optional: how many requests peers advertise a key made in a minute.
+    let meshKeyRequests: (@Sendable (String, UInt32) -> Int)?
     /// Exact-match answers, opt-in per model (`cache_ttl`) or per request (`x-aiproxy-cache-ttl`).
     public let cache: ResponseCache?
     let apiKeys: [(hash: [UInt8], name: String)]
@@ -125,7 +129,7 @@ public final class Gateway: Sendable {
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
                 meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)? = nil,
                 meshKeySubmit: (@Sendable (String) -> String?)? = nil, meshKeySpend: (@Sendable (String, UInt32) -> Double)? = nil,
-                adminCheck: (@Sendable (String?, String, String) -> Bool)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                adminCheck: (@Sendable (String?, String, String) -> Bool)? = nil, meshKeyRequests: (@Sendable (String, UInt32) -> Int)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -145,6 +149,7 @@ public final class Gateway: Sendable {
         self.meshKeySubmit = meshKeySubmit
         self.meshKeySpend = meshKeySpend
         self.adminCheck = adminCheck
+        self.meshKeyRequests = meshKeyRequests
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus
@@ -161,7 +166,7 @@ public final class Gateway: Sendable {
             router.add(middleware: CORSMiddleware(allowedOrigins: configuration.security.corsAllowedOrigins))
         }
         router.add(middleware: AuthMiddleware(gateway: self))
-        router.add(middleware: RateLimitMiddleware(limiter: rateLimiter))
+        router.add(middleware: RateLimitMiddleware(limiter: rateLimiter, gateway: self))
         let disabled = configuration.server.disabledPaths
         func enabled(_ path: String) -> Bool { !disabled.contains(path) }
 

@@ -75,6 +75,7 @@ struct AuthMiddleware: RouterMiddleware {
 struct RateLimitMiddleware: RouterMiddleware {
     typealias Context = GatewayContext
     let limiter: RateLimiter
+    let gateway: Gateway
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard request.method == .post, AuthMiddleware.forwardablePaths.contains(request.uri.path), request.headers[.aiproxyHop] == nil else {
@@ -82,6 +83,15 @@ struct RateLimitMiddleware: RouterMiddleware {
         }
         if let refusal = limiter.admit(key: context.apiKeyName, ip: context.remoteAddress, override: context.clientKey) {
             throw APIErrorResponse(error: refusal)
+        }
+        // A mesh-wide key's per-minute limit counts the requests every node made with it this minute.
+        if let key = context.clientKey, let limit = key.requestsPerMinute, let elsewhere = gateway.meshKeyRequests {
+            let now = wallClockMillis()
+            let minute = KeyRequestCounts.minute(millis: now)
+            if !gateway.keyRequests.admit(key: key.name, limit: limit, elsewhere: elsewhere(key.name, minute), minute: minute) {
+                let wait = Duration.milliseconds(60_000 - now % 60_000)
+                throw APIErrorResponse(error: RateLimiter.tooMany("API key '\(key.name)' is over its limit of \(limit) requests per minute across the mesh", wait: wait))
+            }
         }
         return try await next(request, context)
     }

@@ -99,6 +99,7 @@ public final class NodeRuntime: Sendable {
         var meshKeySubmit: (@Sendable (String) -> String?)?
         var meshKeySpend: (@Sendable (String, UInt32) -> Double)?
         var adminCheck: (@Sendable (String?, String, String) -> Bool)?
+        var meshKeyRequests: (@Sendable (String, UInt32) -> Int)?
         let selfName = configuration.node.name ?? configuration.node.id
         if let service = mesh {
             meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
@@ -116,6 +117,12 @@ public final class NodeRuntime: Sendable {
                     return signer == admin || (configuration.node.mesh.trustMode == .ca && service.trust.isTrusted(signer, nowMillis: wallClockMillis()))
                 }
             }
+            meshKeyRequests = { key, minute in
+                let name = "requests:" + key
+                return service.records().filter { $0.record.origin != service.nodeID }.reduce(0) { total, entry in
+                    total + entry.record.spend.filter { $0.key == name && $0.day == minute }.reduce(0) { $0 + Int($1.amount) }
+                }
+            }
             meshKeySpend = { key, day in
                 service.records().filter { $0.record.origin != service.nodeID }.reduce(0) { total, entry in
                     total + entry.record.spend.filter { $0.key == key && $0.day == day }.reduce(0) { $0 + $1.amount }
@@ -130,7 +137,7 @@ public final class NodeRuntime: Sendable {
         do { cache = try ResponseCache(path: "\(dataDir)/cache.sqlite") } catch { throw NodeStartupError("cannot open \(dataDir)/cache.sqlite: \(error)") }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
-                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, initialSpend: spend)
+                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, meshKeyRequests: meshKeyRequests, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr

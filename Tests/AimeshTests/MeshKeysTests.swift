@@ -128,4 +128,30 @@ struct MeshKeysTests {
             #expect(full.text.contains("gossip"))
         }
     }
+
+    @Test func perMinuteLimit_holdsAcrossTheMesh() async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL)
+            let seed = try #require(a.runtime.mesh?.boundPort)
+            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed)
+            defer { Task { await a.stop(); await c.stop() } }
+            // Start early in a minute so the whole test fits in one.
+            let intoMinute = Int64(Date().timeIntervalSince1970 * 1000) % 60_000
+            if intoMinute > 45_000 { try await Task.sleep(for: .milliseconds(60_000 - intoMinute + 100)) }
+            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "shared", issuedAtMillis: now, requestsPerMinute: 6, admin: admin.nodeID).signed(by: admin)
+            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
+            let auth = [("authorization", "Bearer \(key)")]
+            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
+            for _ in 0..<3 { #expect(try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200) }
+            // c hears of a's three (and counts its own one) before it decides.
+            let minute = KeyRequestCounts.minute(millis: Int64(Date().timeIntervalSince1970 * 1000))
+            #expect(try await MeshForwardTests.eventually { (c.gateway.meshKeyRequests?("shared", minute) ?? 0) >= 3 })
+            var statuses: [Int] = []
+            for _ in 0..<4 { statuses.append(try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status) }
+            #expect(statuses == [200, 200, 429, 429], "6 per minute across both nodes: \(statuses)")
+        }
+    }
 }
