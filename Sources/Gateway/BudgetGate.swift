@@ -262,6 +262,12 @@ public final class KeyRequestCounts: Sendable {
         }
     }
 
+    /// Adds a finished request's tokens to the key's count for this minute (under `tokens:NAME`).
+    func addTokens(key: String, tokens: Int, minute: UInt32) {
+        guard tokens > 0 else { return }
+        counts.withLock { $0["tokens:" + key, default: [:]][minute, default: 0] += tokens }
+    }
+
     public func counters(minutes: Set<UInt32>) -> [(key: String, minute: UInt32, count: Int)] {
         counts.withLock { counts in
             counts.flatMap { key, byMinute in byMinute.filter { minutes.contains($0.key) }.map { (key, $0.key, $0.value) } }.sorted { ($0.key, $0.minute) < ($1.key, $1.minute) }

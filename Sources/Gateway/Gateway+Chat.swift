@@ -527,6 +527,9 @@ extension Gateway {
         budget.settle(requestID: requestID, cost: cost, nowMillis: now)
         keyBudgets.settle(requestID: requestID, key: options.clientKey?.dailyBudget != nil ? options.clientKey?.name : apiKey, cost: cost, day: KeyBudgets.day(millis: now))
         rateLimiter.charge(key: apiKey, tokens: usage.totalTokens)
+        if let key = options.clientKey, key.tokensPerMinute != nil {
+            keyRequests.addTokens(key: key.name, tokens: usage.totalTokens, minute: KeyRequestCounts.minute(millis: now))
+        }
         guard let ledger, configuration.budget.trackCosts else { return }
         ledger.record(LedgerEntry(
             requestID: requestID, timestampMillis: now, apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: path, provider: path.last, node: nodeName,

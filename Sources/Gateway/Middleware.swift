@@ -93,6 +93,15 @@ struct RateLimitMiddleware: RouterMiddleware {
                 throw APIErrorResponse(error: RateLimiter.tooMany("API key '\(key.name)' is over its limit of \(limit) requests per minute across the mesh", wait: wait))
             }
         }
+        if let key = context.clientKey, let limit = key.tokensPerMinute, let elsewhere = gateway.meshKeyRequests {
+            let now = wallClockMillis()
+            let minute = KeyRequestCounts.minute(millis: now)
+            let used = elsewhere("tokens:" + key.name, minute) + gateway.keyRequests.local(key: "tokens:" + key.name, minute: minute)
+            if used >= limit {
+                throw APIErrorResponse(error: RateLimiter.tooMany("API key '\(key.name)' used its \(limit) tokens for this minute across the mesh",
+                                                                   wait: .milliseconds(60_000 - now % 60_000)))
+            }
+        }
         return try await next(request, context)
     }
 }

@@ -128,7 +128,9 @@ enum MeshSetup {
             let today = KeyBudgets.day(millis: wallClockMillis())
             let minute = KeyRequestCounts.minute(millis: wallClockMillis())
             let spend = gateway.keyBudgets.counters(days: [today, today &- 1]).map { CapabilityRecord.SpendCounter(key: $0.key, day: $0.day, amount: $0.amount) }
-                + gateway.keyRequests.counters(minutes: [minute]).map { CapabilityRecord.SpendCounter(key: "requests:" + $0.key, day: $0.minute, amount: Double($0.count)) }
+                + gateway.keyRequests.counters(minutes: [minute]).map {
+                    CapabilityRecord.SpendCounter(key: $0.key.hasPrefix("tokens:") ? $0.key : "requests:" + $0.key, day: $0.minute, amount: Double($0.count))
+                }
             return CapabilityRecord(origin: NodeID(testNumber: 0), version: 0, issuedAtMillis: 0, expiresAtMillis: 0, apiAddress: apiAddress(),
                                     gossipAddress: PeerAddress(host: "0.0.0.0", port: 1), name: configuration.node.name ?? configuration.node.id,
                                     region: configuration.node.region, nodeType: configuration.node.type.rawValue, models: models,

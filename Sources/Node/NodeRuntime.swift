@@ -118,7 +118,7 @@ public final class NodeRuntime: Sendable {
                 }
             }
             meshKeyRequests = { key, minute in
-                let name = "requests:" + key
+                let name = key.hasPrefix("tokens:") ? key : "requests:" + key
                 return service.records().filter { $0.record.origin != service.nodeID }.reduce(0) { total, entry in
                     total + entry.record.spend.filter { $0.key == name && $0.day == minute }.reduce(0) { $0 + Int($1.amount) }
                 }

@@ -154,4 +154,29 @@ struct MeshKeysTests {
             #expect(statuses == [200, 200, 429, 429], "6 per minute across both nodes: \(statuses)")
         }
     }
+
+    @Test func tokensPerMinute_holdAcrossTheMesh() async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL)
+            let seed = try #require(a.runtime.mesh?.boundPort)
+            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed)
+            defer { Task { await a.stop(); await c.stop() } }
+            let intoMinute = Int64(Date().timeIntervalSince1970 * 1000) % 60_000
+            if intoMinute > 45_000 { try await Task.sleep(for: .milliseconds(60_000 - intoMinute + 100)) }
+            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "tokens", issuedAtMillis: now, tokensPerMinute: 15, admin: admin.nodeID).signed(by: admin)
+            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
+            let auth = [("authorization", "Bearer \(key)")]
+            #expect(try await MeshForwardTests.eventually { try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
+            // One answer is ~9 tokens; c learns that from a's record.
+            let minute = KeyRequestCounts.minute(millis: Int64(Date().timeIntervalSince1970 * 1000))
+            #expect(try await MeshForwardTests.eventually { (c.gateway.meshKeyRequests?("tokens:tokens", minute) ?? 0) >= 5 })
+            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
+            let refused = try await c.post("/v1/chat/completions", chatBody("m"), headers: auth)
+            #expect(refused.status == 429 && refused.text.contains("tokens"), "\(refused.text)")
+            #expect(refused.header("retry-after") != nil)
+        }
+    }
 }
