@@ -194,6 +194,9 @@ public final class KeyBudgets: Sendable {
         var spend: [String: [UInt32: Double]] = [:]
         var reservations: [String: (key: String, amount: Double)] = [:]
         var reserved: [String: Double] = [:]
+        /// While some peers are unreachable (a partition, perhaps): per key, this node's own spend and
+        /// the remaining budget when it began, and the number of nodes sharing that remainder.
+        var partitionShare: [String: (spentAtStart: Double, allowance: Double)] = [:]
     }
     private let state = Mutex(State())
 
@@ -212,10 +215,28 @@ public final class KeyBudgets: Sendable {
     }
 
     /// Holds `maxCost` for the key if `elsewhere` (peers' spend today) + ours + in flight + it fits `budget`.
-    func reserve(requestID: String, key: String, maxCost: Double, budget: Double, elsewhere: Double, day: UInt32) -> Bool {
+    ///
+    /// While `unreachable` peers exist the mesh may be split, and each side only knows its own spend. Then
+    /// a node keeps to an equal share of what remained when the split began (`nodes` = every node it
+    /// knows, itself included), so all sides together cannot pass the budget by more than the requests
+    /// in flight when it began (PROTOCOL.md §10).
+    func reserve(requestID: String, key: String, maxCost: Double, budget: Double, elsewhere: Double, day: UInt32,
+                 unreachable: Bool = false, nodes: Int = 1) -> Bool {
         state.withLock { state in
-            let total = elsewhere + (state.spend[key]?[day] ?? 0) + (state.reserved[key] ?? 0) + maxCost
+            let mine = state.spend[key]?[day] ?? 0
+            let held = state.reserved[key] ?? 0
+            let total = elsewhere + mine + held + maxCost
             guard total <= budget else { return false }
+            if unreachable && nodes > 1 {
+                if state.partitionShare[key] == nil {
+                    let remaining = max(0, budget - elsewhere - mine - held)
+                    state.partitionShare[key] = (mine + held, remaining / Double(nodes))
+                }
+                let share = state.partitionShare[key]!
+                guard mine + held + maxCost - share.spentAtStart <= share.allowance else { return false }
+            } else {
+                state.partitionShare[key] = nil
+            }
             state.reservations[requestID] = (key, maxCost)
             state.reserved[key, default: 0] += maxCost
             return true

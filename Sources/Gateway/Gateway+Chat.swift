@@ -124,7 +124,9 @@ extension Gateway {
                 // The key's budget is mesh-wide: what peers advertise it spent today, plus this node.
                 let day = KeyBudgets.day(millis: wallClockMillis())
                 let elsewhere = meshKeySpend?(key.name, day) ?? 0
-                if !keyBudgets.reserve(requestID: requestID, key: key.name, maxCost: worst, budget: limit, elsewhere: elsewhere, day: day) {
+                let reach = meshReachability?() ?? (unreachable: false, nodes: 1)
+                if !keyBudgets.reserve(requestID: requestID, key: key.name, maxCost: worst, budget: limit, elsewhere: elsewhere, day: day,
+                                       unreachable: reach.unreachable, nodes: reach.nodes) {
                     budget.release(requestID: requestID)
                     budgetStatus.paidAllowed = false
                     budgetStatus.reason = "API key '\(key.name)' has spent its daily budget of $\(limit) across the mesh"

@@ -103,6 +103,8 @@ public final class Gateway: Sendable {
     public let keyRequests = KeyRequestCounts()
     /// Optional: what peers advertise a key spent on a UTC day.
     let meshKeySpend: (@Sendable (String, UInt32) -> Double)?
+    /// Optional: (peers not alive, all nodes known incl. this one), for partition-safe key budgets.
+    let meshReachability: (@Sendable () -> (unreachable: Bool, nodes: Int))?
     /// Optional: how many requests peers advertise a key made in a minute.
     let meshKeyRequests: (@Sendable (String, UInt32) -> Int)?
     /// Exact-match answers, opt-in per model (`cache_ttl`) or per request (`x-aiproxy-cache-ttl`).
@@ -129,7 +131,8 @@ public final class Gateway: Sendable {
                 remote: (any RemoteRouteSource)? = nil, meshStatus: (@Sendable () -> JSON)? = nil, meshTable: (@Sendable () -> JSON)? = nil,
                 meshRevoke: (@Sendable (String) -> String?)? = nil, meshTopology: (@Sendable () -> JSON)? = nil, cache: ResponseCache? = nil, meshKeyLookup: (@Sendable ([UInt8]) -> ClientKey?)? = nil,
                 meshKeySubmit: (@Sendable (String) -> String?)? = nil, meshKeySpend: (@Sendable (String, UInt32) -> Double)? = nil,
-                adminCheck: (@Sendable (String?, String, String) -> Bool)? = nil, meshKeyRequests: (@Sendable (String, UInt32) -> Int)? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
+                adminCheck: (@Sendable (String?, String, String) -> Bool)? = nil, meshKeyRequests: (@Sendable (String, UInt32) -> Int)? = nil,
+                meshReachability: (@Sendable () -> (unreachable: Bool, nodes: Int))? = nil, initialSpend: (day: Double, month: Double) = (0, 0)) {
         self.configuration = configuration
         self.nodeName = configuration.node.id
         self.client = client
@@ -150,6 +153,7 @@ public final class Gateway: Sendable {
         self.meshKeySpend = meshKeySpend
         self.adminCheck = adminCheck
         self.meshKeyRequests = meshKeyRequests
+        self.meshReachability = meshReachability
         self.apiKeys = configuration.security.apiKeys.map { (Sodium.sha256(Array($0.key.value.utf8)), $0.name) }
         self.remote = remote
         self.meshStatus = meshStatus

@@ -100,6 +100,7 @@ public final class NodeRuntime: Sendable {
         var meshKeySpend: (@Sendable (String, UInt32) -> Double)?
         var adminCheck: (@Sendable (String?, String, String) -> Bool)?
         var meshKeyRequests: (@Sendable (String, UInt32) -> Int)?
+        var meshReachability: (@Sendable () -> (unreachable: Bool, nodes: Int))?
         let selfName = configuration.node.name ?? configuration.node.id
         if let service = mesh {
             meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
@@ -116,6 +117,10 @@ public final class NodeRuntime: Sendable {
                     // The admin, or a node the mesh certified (ca mode).
                     return signer == admin || (configuration.node.mesh.trustMode == .ca && service.trust.isTrusted(signer, nowMillis: wallClockMillis()))
                 }
+            }
+            meshReachability = {
+                let members = service.members().filter { $0.status != .left }
+                return (members.contains { $0.status != .alive }, members.count + 1)
             }
             meshKeyRequests = { key, minute in
                 let name = key.hasPrefix("tokens:") ? key : "requests:" + key
@@ -137,7 +142,7 @@ public final class NodeRuntime: Sendable {
         do { cache = try ResponseCache(path: "\(dataDir)/cache.sqlite") } catch { throw NodeStartupError("cannot open \(dataDir)/cache.sqlite: \(error)") }
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, metrics: metrics, logger: logger, remote: remote,
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
-                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, meshKeyRequests: meshKeyRequests, initialSpend: spend)
+                              meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, meshKeyRequests: meshKeyRequests, meshReachability: meshReachability, initialSpend: spend)
         self.gateway = gateway
         if let mesh {
             let listen = configuration.server.listenAddr

@@ -179,4 +179,29 @@ struct MeshKeysTests {
             #expect(refused.header("retry-after") != nil)
         }
     }
+
+    @Test func duringASplit_eachNodeKeepsToItsShareOfTheBudget() async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL, paid: true)
+            let seed = try #require(a.runtime.mesh?.boundPort)
+            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed, paid: true)
+            defer { Task { await a.stop(); await c.stop() } }
+            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
+            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "split", issuedAtMillis: now, dailyBudget: 0.1, admin: admin.nodeID).signed(by: admin)
+            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
+            let auth = [("authorization", "Bearer \(key)")]
+            #expect(try await MeshForwardTests.eventually { (c.runtime.mesh?.apiKey(hash: Sodium.sha256(Array(key.utf8))) != nil) })
+            // c drops off the network (no goodbye): a cannot tell a crash from a split.
+            await c.runtime.mesh?.stop()
+            #expect(try await MeshForwardTests.eventually { a.runtime.mesh?.members().first?.status != .alive }, "a notices")
+            var served = 0
+            for _ in 0..<10 where try await a.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200 { served += 1 }
+            let spent = a.gateway.keyBudgets.localSpend(key: "split", day: KeyBudgets.day(millis: now))
+            // a keeps to half of the $0.10 that remained (2 nodes), so c may spend the other half.
+            #expect(spent <= 0.05 + 1e-9, "a spent \(spent) in \(served) requests")
+            #expect(served >= 1 && served < 8, "the whole budget would have allowed ~8: \(served)")
+        }
+    }
 }
