@@ -1,5 +1,7 @@
 @testable import Gateway
+import Logging
 import MeshCore
+import NodeConfig
 import Routing
 import Testing
 
@@ -23,6 +25,58 @@ import Testing
         #expect(bucket.wait(now: .zero) == .seconds(16))
         #expect(bucket.wait(now: .seconds(100)) == .zero)
         #expect(bucket.tokens == 10, "capped at capacity")
+    }
+}
+
+@Suite struct BudgetGateTests {
+    static func gate() -> BudgetGate {
+        var settings = BudgetSection()
+        settings.enabled = true
+        settings.dailyLimit = 10
+        settings.alerts = [.init(thresholdPercent: 80, action: .log), .init(thresholdPercent: 95, action: .disablePaidProviders)]
+        var logger = Logger(label: "t")
+        logger.logLevel = .critical
+        return BudgetGate(settings: settings, logger: logger, nowMillis: 1_795_400_000_000)
+    }
+
+    @Test func at95Percent_paidRoutesStop_freeOnesContinue() {
+        let gate = Self.gate()
+        let now: Int64 = 1_795_400_000_000
+        gate.add(cost: 9.4, nowMillis: now)
+        #expect(gate.status(nowMillis: now).paidAllowed, "94 %: still allowed (the 80 % alert only logs)")
+        gate.add(cost: 0.2, nowMillis: now)
+        let status = gate.status(nowMillis: now)
+        #expect(!status.paidAllowed && status.reason?.contains("95") == true, "96 %: \(String(describing: status.reason))")
+        #expect(!gate.reserve(requestID: "r", maxCost: 0.01, nowMillis: now) || !status.paidAllowed)
+        // A new UTC day starts from zero.
+        #expect(gate.status(nowMillis: now + 86_400_000).paidAllowed)
+    }
+
+    @Test func reservations_holdMoneyUntilSettled() {
+        let gate = Self.gate()
+        let now: Int64 = 1_795_400_000_000
+        #expect(gate.reserve(requestID: "a", maxCost: 6, nowMillis: now))
+        #expect(!gate.reserve(requestID: "b", maxCost: 6, nowMillis: now), "6 + 6 would pass the $10 day")
+        gate.settle(requestID: "a", cost: 1, nowMillis: now)
+        #expect(gate.reserved == 0)
+        #expect(gate.reserve(requestID: "b", maxCost: 6, nowMillis: now), "the real cost was 1")
+        gate.release(requestID: "b")
+        #expect(gate.reserved == 0)
+    }
+
+    @Test func keyBudgets_duringASplit_keepToTheirShare() {
+        let budgets = KeyBudgets()
+        // $10 a day, $2 spent elsewhere before the split, 4 nodes: this node may add $2 = (10 − 2) / 4.
+        var served = 0
+        for i in 0..<20 {
+            if budgets.reserve(requestID: "r\(i)", key: "k", maxCost: 0.5, budget: 10, elsewhere: 2, day: 1, unreachable: true, nodes: 4) {
+                budgets.settle(requestID: "r\(i)", key: "k", cost: 0.5, day: 1)
+                served += 1
+            }
+        }
+        #expect(served == 4 && budgets.localSpend(key: "k", day: 1) == 2)
+        // Everyone reachable again: the whole remaining budget is usable.
+        #expect(budgets.reserve(requestID: "x", key: "k", maxCost: 0.5, budget: 10, elsewhere: 2, day: 1))
     }
 }
 
