@@ -249,6 +249,12 @@ public final class KeyBudgets: Sendable {
         }
     }
 
+    /// Starts from what the ledger says a key spent today (after a restart).
+    public func seed(key: String, day: UInt32, amount: Double) {
+        guard amount > 0 else { return }
+        state.withLock { $0.spend[key, default: [:]][day] = max($0.spend[key]?[day] ?? 0, amount) }
+    }
+
     func settle(requestID: String, key: String?, cost: Double, day: UInt32) {
         release(requestID: requestID)
         guard let key, cost > 0 else { return }

@@ -144,6 +144,13 @@ public final class NodeRuntime: Sendable {
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
                               meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, meshKeyRequests: meshKeyRequests, meshReachability: meshReachability, initialSpend: spend)
         self.gateway = gateway
+        // Per-key spend survives a restart: today's, from the ledger.
+        if let ledger, let reader = try? LedgerReader(path: ledger.path) {
+            let now = wallClockMillis()
+            for row in (try? reader.usage(sinceMillis: BudgetPeriod.dayStart(millis: now), groupBy: .key)) ?? [] where !row.group.hasPrefix("node:") && row.group != "(none)" {
+                gateway.keyBudgets.seed(key: row.group, day: KeyBudgets.day(millis: now), amount: row.cost)
+            }
+        }
         if let mesh {
             let listen = configuration.server.listenAddr
             let advertised = configuration.node.mesh.advertiseAPI
