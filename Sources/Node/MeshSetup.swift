@@ -265,15 +265,16 @@ final class GPUProbe: Sendable {
     private let cached = Mutex<[CapabilityRecord.GPU]>([])
     private let started = Mutex(false)
 
+    /// The GPUs as last probed. The first call starts the prober on its own thread and returns at once
+    /// (it may be called on an event loop); the next re-advertise check picks the result up.
     func current() -> [CapabilityRecord.GPU] {
         let first = started.withLock { value -> Bool in defer { value = true }; return !value }
         if first {
-            cached.withLock { $0 = GPUProbe.query() }
             Thread.detachNewThread { [self] in
                 while true {
-                    Thread.sleep(forTimeInterval: 15)
                     let gpus = GPUProbe.query()
                     cached.withLock { $0 = gpus }
+                    Thread.sleep(forTimeInterval: 15)
                 }
             }
         }

@@ -674,7 +674,8 @@ final class TCPServerHandler: ChannelInboundHandler, Sendable {
 }
 
 /// Completes its promise exactly once: with the first frame, or nil when the connection ends first.
-final class TCPClientHandler: ChannelInboundHandler {
+/// Used only on its channel's event loop.
+final class TCPClientHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = [UInt8]
     let reply: EventLoopPromise<[UInt8]?>
     let expectReply: Bool

@@ -53,6 +53,11 @@ struct NodeMeshTests {
             #expect(peer["latency_ms"]?.doubleValue != nil)
             #expect(peer["load"]?.doubleValue == 0)
 
+            // GPUs are probed off the event loop and advertised with the next re-advertise (≤ ~1 s).
+            #expect(try await Self.eventually {
+                let table = try await b.get("/aiproxy/mesh/table").json
+                return table["records"]?.arrayValue?.first { $0["name"]?.stringValue == "alpha" }?["gpus"]?.arrayValue?.isEmpty == false
+            })
             let table = try await b.get("/aiproxy/mesh/table")
             #expect(table.status == 200)
             #expect(!table.text.contains("sk-very-secret"), "credentials never leave their node")
