@@ -82,15 +82,7 @@ struct FuzzWireReplayer {
             return
         }
         for path in arguments {
-            guard let file = fopen(path, "rb") else { continue }
-            var bytes: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let count = fread(&buffer, 1, buffer.count, file)
-                if count <= 0 { break }
-                bytes += buffer[0..<count]
-            }
-            fclose(file)
+            guard let bytes = readFileBytes(path) else { continue }
             _ = bytes.withUnsafeBufferPointer { fuzzWire($0.baseAddress, $0.count) }
         }
         print("replayed \(arguments.count) input(s) without a crash")

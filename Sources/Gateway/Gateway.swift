@@ -74,13 +74,6 @@ public struct RemoteModel: Sendable {
     }
 }
 
-/// Wall-clock milliseconds since 1970.
-public func wallClockMillis() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
-}
-
 /// The OpenAI-compatible gateway of one node: everything a request touches between the HTTP server
 /// and the upstream, built once from the configuration.
 public final class Gateway: Sendable {

@@ -1,4 +1,5 @@
 import MeshCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -22,12 +23,11 @@ public final class ResponseCache: @unchecked Sendable {
 
     let database: SQLiteDatabase
     public let limits: Limits
-    private var mutex = pthread_mutex_t()
+    private let lock = Mutex(())
 
     public init(path: String, limits: Limits = Limits()) throws(SQLiteError) {
         database = try SQLiteDatabase(path: path)
         self.limits = limits
-        pthread_mutex_init(&mutex, nil)
         try database.execute("""
             PRAGMA journal_mode = WAL;
             PRAGMA synchronous = NORMAL;
@@ -39,12 +39,8 @@ public final class ResponseCache: @unchecked Sendable {
             """)
     }
 
-    deinit { pthread_mutex_destroy(&mutex) }
-
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
+    func locked<T: Sendable>(_ body: () -> T) -> T {
+        lock.withLock { _ in body() }
     }
 
     public struct Hit: Sendable {

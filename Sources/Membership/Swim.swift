@@ -544,6 +544,20 @@ public struct Swim: Sendable {
         }
     }
 
+    /// Someone suspects or declares this node dead. A current accusation is refuted with a higher
+    /// incarnation (and counts against local health); an old one means the accuser missed the
+    /// refutation, so it is sent again. The accuser's timer is the one running: it is told directly too.
+    mutating func answerAccusationAboutMe(_ accusation: Accusation, into out: inout [SwimOutput]) {
+        guard !leaving else { return }
+        if accusation.incarnation >= incarnation {
+            refute(above: accusation.incarnation)
+            adjustAwareness(1)
+        } else {
+            broadcast(.alive(localAlive), key: .member(me))
+        }
+        if let accuser = members[accusation.from], accusation.from != me { out.append(.send(to: accuser.address, messages: [.alive(localAlive)])) }
+    }
+
     mutating func refute(above seen: UInt64) {
         incarnation = max(incarnation, seen) + 1
         broadcast(.alive(localAlive), key: .member(me))
@@ -551,15 +565,7 @@ public struct Swim: Sendable {
 
     mutating func suspect(_ accusation: Accusation, now: Duration, into out: inout [SwimOutput], confirming: Bool = true) {
         if accusation.node == me {
-            if accusation.incarnation >= incarnation {
-                refute(above: accusation.incarnation)
-                adjustAwareness(1)
-            } else {
-                // An old accusation: the accuser missed the refutation; send it again.
-                broadcast(.alive(localAlive), key: .member(me))
-            }
-            // The accuser's timer is the one running: tell it directly as well as by gossip.
-            if let accuser = members[accusation.from], accusation.from != me { out.append(.send(to: accuser.address, messages: [.alive(localAlive)])) }
+            answerAccusationAboutMe(accusation, into: &out)
             return
         }
         guard var member = members[accusation.node], accusation.incarnation >= member.incarnation else { return }
@@ -588,14 +594,7 @@ public struct Swim: Sendable {
 
     mutating func declareDead(_ accusation: Accusation, now: Duration, into out: inout [SwimOutput]) {
         if accusation.node == me {
-            guard !leaving else { return }
-            if accusation.incarnation >= incarnation {
-                refute(above: accusation.incarnation)
-                adjustAwareness(1)
-            } else {
-                broadcast(.alive(localAlive), key: .member(me))
-            }
-            if let accuser = members[accusation.from], accusation.from != me { out.append(.send(to: accuser.address, messages: [.alive(localAlive)])) }
+            answerAccusationAboutMe(accusation, into: &out)
             return
         }
         guard var member = members[accusation.node], accusation.incarnation >= member.incarnation,

@@ -54,23 +54,17 @@ public struct HopHeader: Sendable, Equatable {
     /// Parses a header value (the signature is checked by `verify`).
     public init(value: String) throws(Rejection) {
         guard value.utf8.count <= 2048, let bytes = ByteEncoding.fromBase64(value) else { throw .malformed }
-        var reader = ByteReader(bytes)
-        do {
-            guard try reader.raw(4) == HopHeader.magic else { throw Rejection.malformed }
-            from = try reader.nodeID()
-            requestID = try reader.string8(max: 128, what: "request id")
-            timestampMillis = try reader.i64()
-            bodyDigest = try reader.raw(32)
+        self = try Rejection.decoding {
+            var reader = ByteReader(bytes)
+            try Rejection.expect(HopHeader.magic, in: &reader)
+            var header = HopHeader(from: try reader.nodeID(), requestID: try reader.string8(max: 128, what: "request id"), timestampMillis: try reader.i64(),
+                                   bodyDigest: try reader.raw(32), visited: [], signature: [])
             let count = Int(try reader.u8())
             guard count <= HopHeader.maxVisited else { throw Rejection.oversized }
-            visited = []
-            for _ in 0..<count { visited.append(try reader.nodeID()) }
-            signature = try reader.raw(64)
+            for _ in 0..<count { header.visited.append(try reader.nodeID()) }
+            header.signature = try reader.raw(64)
             try reader.expectEnd()
-        } catch let error as Rejection {
-            throw error
-        } catch {
-            throw .malformed
+            return header
         }
     }
 

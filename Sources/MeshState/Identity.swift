@@ -48,37 +48,6 @@ public enum KeyFile {
         let ok = line.utf8CString.withUnsafeBufferPointer { buffer in Glibc.write(fd, buffer.baseAddress, buffer.count - 1) == buffer.count - 1 }
         guard ok, fsync(fd) == 0 else { throw IdentityError("\(path): cannot write the \(kind) key") }
     }
-
-    static func makeDirectories(_ path: String) {
-        var current = path.hasPrefix("/") ? "" : "."
-        for part in path.split(separator: "/") {
-            current += "/" + part
-            mkdir(current, 0o700)
-        }
-    }
-}
-
-/// Reads a file of at most 1 MiB as UTF-8.
-public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> String? {
-    guard let file = fopen(path, "r") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let count = fread(&buffer, 1, buffer.count, file)
-        if count <= 0 { break }
-        bytes.append(contentsOf: buffer[0..<count])
-        if bytes.count > limit { return nil }
-    }
-    return String(validating: bytes, as: UTF8.self)
-}
-
-/// Writes a file with `mode`, replacing what was there.
-public func writeSmallFile(_ path: String, _ text: String, mode: mode_t = 0o644) -> Bool {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    return text.utf8CString.withUnsafeBufferPointer { buffer in write(fd, buffer.baseAddress, buffer.count - 1) == buffer.count - 1 }
 }
 
 extension Ed25519.KeyPair {

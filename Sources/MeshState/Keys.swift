@@ -8,7 +8,7 @@ import Wire
 ///     "AMY1" | key_sha256[32] | name string8 | issued_at_ms i64 | expires_at_ms i64 (0 = never) | revoked u8
 ///     | requests_per_minute u32 | tokens_per_minute u32 (0 = no limit) | daily_budget f64 (0 = none)
 ///     | model_count u8 | model string8 × count | admin NodeID | signature[64]
-public struct KeyRecord: Sendable, Equatable {
+public struct KeyRecord: Sendable, Equatable, Base64File {
     static let magic: [UInt8] = Array("AMY1".utf8)
     public var keyHash: [UInt8]
     public var name: String
@@ -66,39 +66,24 @@ public struct KeyRecord: Sendable, Equatable {
 
     public init(bytes: [UInt8]) throws(Rejection) {
         guard bytes.count <= 8192 else { throw .oversized }
-        var r = ByteReader(bytes)
-        do {
-            guard try r.raw(4) == KeyRecord.magic else { throw Rejection.malformed }
-            keyHash = try r.raw(32)
-            name = try r.string8(what: "key name")
-            issuedAtMillis = try r.i64()
-            expiresAtMillis = try r.i64()
-            revoked = try r.bool()
-            requestsPerMinute = try r.u32()
-            tokensPerMinute = try r.u32()
-            dailyBudget = try r.f64()
-            guard dailyBudget >= 0 else { throw Rejection.malformed }
+        self = try Rejection.decoding {
+            var r = ByteReader(bytes)
+            try Rejection.expect(KeyRecord.magic, in: &r)
+            var record = KeyRecord(keyHash: try r.raw(32), name: try r.string8(what: "key name"), issuedAtMillis: try r.i64(), expiresAtMillis: try r.i64(),
+                                   revoked: try r.bool(), requestsPerMinute: try r.u32(), tokensPerMinute: try r.u32(), dailyBudget: try r.f64(),
+                                   admin: NodeID(testNumber: 0))
+            guard record.dailyBudget >= 0 else { throw Rejection.malformed }
             let count = Int(try r.u8())
             guard count <= 64 else { throw Rejection.malformed }
-            models = []
-            for _ in 0..<count { models.append(try r.string8(what: "model")) }
-            admin = try r.nodeID()
-            signature = try r.raw(64)
+            for _ in 0..<count { record.models.append(try r.string8(what: "model")) }
+            record.admin = try r.nodeID()
+            record.signature = try r.raw(64)
             try r.expectEnd()
-        } catch let error as Rejection {
-            throw error
-        } catch {
-            throw .malformed
+            return record
         }
     }
 
     public var isSignatureValid: Bool { Ed25519.verify(signature: signature, message: signedBytes, publicKey: admin.bytes) }
-    public var fileText: String { ByteEncoding.base64(bytes) + "\n" }
-
-    public init(fileText: String) throws(Rejection) {
-        guard let bytes = ByteEncoding.fromBase64(fileText.trimmingWhitespace()) else { throw .malformed }
-        try self.init(bytes: bytes)
-    }
 
     /// The 32-byte id the gossip layer keys broadcasts by.
     public var id: NodeID { NodeID(bytes: keyHash)! }

@@ -15,10 +15,43 @@ public enum Rejection: String, Error, Sendable, CaseIterable {
     case oversized
 }
 
+extension Rejection {
+    /// Runs a parser over untrusted bytes: a `Rejection` it throws stays, any wire error is `.malformed`.
+    static func decoding<T>(_ parse: () throws -> T) throws(Rejection) -> T {
+        do {
+            return try parse()
+        } catch let error as Rejection {
+            throw error
+        } catch {
+            throw .malformed
+        }
+    }
+
+    /// Reads `magic` first, or refuses.
+    static func expect(_ magic: [UInt8], in reader: inout ByteReader) throws {
+        guard try reader.raw(magic.count) == magic else { throw Rejection.malformed }
+    }
+}
+
+/// A signed document stored as one line of base64 (certificates, revocations, key records).
+public protocol Base64File {
+    init(bytes: [UInt8]) throws(Rejection)
+    var bytes: [UInt8] { get }
+}
+
+extension Base64File {
+    public var fileText: String { ByteEncoding.base64(bytes) + "\n" }
+
+    public init(fileText: String) throws(Rejection) {
+        guard let bytes = ByteEncoding.fromBase64(fileText.trimmingWhitespace()) else { throw .malformed }
+        try self.init(bytes: bytes)
+    }
+}
+
 /// An admin-signed statement that a node key belongs to the mesh until `expiresAtMillis`.
 ///
 ///     "AMC1" | node (32) | name (string8) | issued_at ms (i64) | expires_at ms (i64) | admin (32) | signature (64)
-public struct Certificate: Sendable, Equatable {
+public struct Certificate: Sendable, Equatable, Base64File {
     static let magic: [UInt8] = Array("AMC1".utf8)
     public var node: NodeID
     public var name: String
@@ -58,38 +91,23 @@ public struct Certificate: Sendable, Equatable {
     /// Parses without checking the signature (see `TrustStore.check`).
     public init(bytes: [UInt8]) throws(Rejection) {
         guard bytes.count <= WireLimits.maxCertificateBytes else { throw .oversized }
-        var reader = ByteReader(bytes)
-        do {
-            guard try reader.raw(4) == Certificate.magic else { throw Rejection.malformed }
-            node = try reader.nodeID()
-            name = try reader.string8(what: "certificate name")
-            issuedAtMillis = try reader.i64()
-            expiresAtMillis = try reader.i64()
-            admin = try reader.nodeID()
-            signature = try reader.raw(64)
+        self = try Rejection.decoding {
+            var reader = ByteReader(bytes)
+            try Rejection.expect(Certificate.magic, in: &reader)
+            let certificate = Certificate(node: try reader.nodeID(), name: try reader.string8(what: "certificate name"), issuedAtMillis: try reader.i64(),
+                                          expiresAtMillis: try reader.i64(), admin: try reader.nodeID(), signature: try reader.raw(64))
             try reader.expectEnd()
-        } catch let error as Rejection {
-            throw error
-        } catch {
-            throw .malformed
+            return certificate
         }
     }
 
     public var isSignatureValid: Bool { Ed25519.verify(signature: signature, message: signedBytes, publicKey: admin.bytes) }
-
-    /// File form: one line of base64.
-    public var fileText: String { ByteEncoding.base64(bytes) + "\n" }
-
-    public init(fileText: String) throws(Rejection) {
-        guard let bytes = ByteEncoding.fromBase64(fileText.trimmingWhitespace()) else { throw .malformed }
-        try self.init(bytes: bytes)
-    }
 }
 
 /// An admin-signed revocation of a node key; gossiped like a record, relayed byte for byte.
 ///
 ///     "AMR1" | node (32) | issued_at ms (i64) | admin (32) | signature (64)
-public struct Revocation: Sendable, Equatable {
+public struct Revocation: Sendable, Equatable, Base64File {
     static let magic: [UInt8] = Array("AMR1".utf8)
     public var node: NodeID
     public var issuedAtMillis: Int64
@@ -121,26 +139,13 @@ public struct Revocation: Sendable, Equatable {
     public var bytes: [UInt8] { signedBytes + signature }
 
     public init(bytes: [UInt8]) throws(Rejection) {
-        var reader = ByteReader(bytes)
-        do {
-            guard try reader.raw(4) == Revocation.magic else { throw Rejection.malformed }
-            node = try reader.nodeID()
-            issuedAtMillis = try reader.i64()
-            admin = try reader.nodeID()
-            signature = try reader.raw(64)
+        self = try Rejection.decoding {
+            var reader = ByteReader(bytes)
+            try Rejection.expect(Revocation.magic, in: &reader)
+            let revocation = Revocation(node: try reader.nodeID(), issuedAtMillis: try reader.i64(), admin: try reader.nodeID(), signature: try reader.raw(64))
             try reader.expectEnd()
-        } catch let error as Rejection {
-            throw error
-        } catch {
-            throw .malformed
+            return revocation
         }
-    }
-
-    public var fileText: String { ByteEncoding.base64(bytes) + "\n" }
-
-    public init(fileText: String) throws(Rejection) {
-        guard let bytes = ByteEncoding.fromBase64(fileText.trimmingWhitespace()) else { throw .malformed }
-        try self.init(bytes: bytes)
     }
 }
 

@@ -22,11 +22,7 @@ public enum LogSetup {
         }
         let file = FileBox(descriptor)
         LoggingSystem.bootstrap { label in
-            var handler: any LogHandler
-            switch format {
-            case .json: handler = JSONLogHandler(label: label, file: file)
-            case .text: handler = TextLogHandler(label: label, file: file)
-            }
+            var handler = LineLogHandler(label: label, file: file, format: format)
             handler.logLevel = logLevel
             return handler
         }
@@ -50,22 +46,13 @@ final class FileBox: Sendable {
     }
 }
 
-func timestamp() -> String {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    var tm = tm()
-    var seconds = now.tv_sec
-    gmtime_r(&seconds, &tm)
-    func pad(_ v: Int32, _ width: Int = 2) -> String {
-        let s = String(v)
-        return String(repeating: "0", count: max(0, width - s.count)) + s
-    }
-    return "\(tm.tm_year + 1900)-\(pad(tm.tm_mon + 1))-\(pad(tm.tm_mday))T\(pad(tm.tm_hour)):\(pad(tm.tm_min)):\(pad(tm.tm_sec)).\(pad(Int32(now.tv_nsec / 1_000_000), 3))Z"
-}
+func timestamp() -> String { iso8601(millis: wallClockMillis(), fraction: true) }
 
-struct TextLogHandler: LogHandler {
+/// One log line per event: `TIME LEVEL LABEL: MESSAGE k=v …`, or a JSON object per line.
+struct LineLogHandler: LogHandler {
     let label: String
     let file: FileBox
+    let format: ObservabilitySection.LogFormat
     var logLevel: Logger.Level = .info
     var metadata: Logger.Metadata = [:]
 
@@ -75,28 +62,16 @@ struct TextLogHandler: LogHandler {
     }
 
     func log(event: LogEvent) {
-        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-        let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        file.write("\(timestamp()) \(event.level) \(label): \(event.message)\(fields.isEmpty ? "" : " " + fields)\n")
-    }
-}
-
-struct JSONLogHandler: LogHandler {
-    let label: String
-    let file: FileBox
-    var logLevel: Logger.Level = .info
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        var object: JSONObject = ["ts": .string(timestamp()), "level": .string(event.level.rawValue), "logger": .string(label), "msg": .string("\(event.message)")]
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }).sorted(by: { $0.key < $1.key }) {
-            object[key] = .string("\(value)")
+        let fields = metadata.merging(event.metadata ?? [:]) { $1 }.sorted { $0.key < $1.key }
+        switch format {
+        case .text:
+            let pairs = fields.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            file.write("\(timestamp()) \(event.level) \(label): \(event.message)\(pairs.isEmpty ? "" : " " + pairs)\n")
+        case .json:
+            var object: JSONObject = ["ts": .string(timestamp()), "level": .string(event.level.rawValue), "logger": .string(label), "msg": .string("\(event.message)")]
+            for (key, value) in fields { object[key] = .string("\(value)") }
+            file.write(JSON.object(object).text + "\n")
         }
-        file.write(JSON.object(object).text + "\n")
     }
 }
+

@@ -165,13 +165,7 @@ public final class NodeRuntime: Sendable {
     }
 
     static func makeDirectory(_ path: String) throws {
-        var current = path.hasPrefix("/") ? "" : "."
-        for component in path.split(separator: "/") {
-            current += "/\(component)"
-            if mkdir(current, 0o700) != 0 && errno != EEXIST {
-                throw NodeStartupError("cannot create the data directory \(path): \(String(cString: strerror(errno)))")
-            }
-        }
+        if let problem = makeDirectories(path) { throw NodeStartupError("cannot create the data directory \(path): \(problem)") }
     }
 
     /// The HTTP port once listening (useful with port 0).

@@ -65,17 +65,7 @@ public enum ConfigLoader {
     }
 
     static func readFile(_ path: String) -> String? {
-        guard let handle = fopen(path, "rb") else { return nil }
-        defer { fclose(handle) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&buffer, 1, buffer.count, handle)
-            if count <= 0 { break }
-            bytes.append(contentsOf: buffer[0..<count])
-            if bytes.count > 16 << 20 { return nil }
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        readFileBytes(path, limit: 16 << 20).map { String(decoding: $0, as: UTF8.self) }
     }
 }
 

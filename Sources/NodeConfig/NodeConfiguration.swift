@@ -31,29 +31,15 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Parses "127.0.0.1:8080", ":8080" (all interfaces), "[::1]:8080", "localhost:8080".
+    /// Parses "127.0.0.1:8080", ":8080" (all interfaces), "[::1]:8080", "localhost:8080" (the mesh's
+    /// `PeerAddress` grammar, plus an empty host for every interface).
     public init?(parsing text: String) {
         let text = text.trimmingWhitespace()
-        var host: Substring
-        var portText: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { return nil }
-            host = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            guard rest.hasPrefix(":") else { return nil }
-            portText = rest.dropFirst()
-        } else {
-            guard let colon = text.lastIndex(of: ":") else { return nil }
-            host = text[..<colon]
-            portText = text[text.index(after: colon)...]
-            if host.contains(":") { return nil }
-        }
-        guard let port = Int(portText), (0...65535).contains(port) else { return nil }
-        if host.isEmpty { host = "0.0.0.0" }
-        self.init(host: String(host), port: port)
+        guard let address = PeerAddress(parsing: text.hasPrefix(":") ? "0.0.0.0" + text : text) else { return nil }
+        self.init(host: address.host, port: Int(address.port))
     }
 
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { PeerAddress(host: host, port: UInt16(clamping: port)).description }
 
     /// An http:// base URL for this address; a wildcard host becomes loopback.
     public var httpURL: String {

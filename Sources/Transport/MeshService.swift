@@ -98,7 +98,7 @@ public final class MeshService: Service, Sendable {
         // NIO's shared group: never shut down, so an exchange still connecting while the service
         // stops cannot strand a promise on a dead event loop.
         self.group = MultiThreadedEventLoopGroup.singleton
-        let wall = wallMillis()
+        let wall = wallClockMillis()
         let incarnation = persistence?.nextMonotonic("incarnation", floor: UInt64(wall / 1000)) ?? UInt64(wall / 1000)
         let version = persistence?.value("record_version") ?? 0
         let address = settings.advertise ?? PeerAddress(host: settings.listenHost == "0.0.0.0" ? "127.0.0.1" : settings.listenHost, port: UInt16(settings.listenPort))
@@ -187,7 +187,7 @@ public final class MeshService: Service, Sendable {
         while !stopping.load(ordering: .relaxed) {
             try? await Task.sleep(for: .milliseconds(10))
             let outputs = state.withLock { state -> [AgentOutput] in
-                state.agent.store.wallNowMillis = wallMillis()
+                state.agent.store.wallNowMillis = wallClockMillis()
                 return state.agent.tick(now: self.now)
             }
             perform(outputs)
@@ -199,7 +199,7 @@ public final class MeshService: Service, Sendable {
             if ContinuousClock.now - lastPersist >= .seconds(5) {
                 lastPersist = .now
                 let peers = members().filter { $0.status == .alive }.map { (address: $0.address, node: $0.id) }
-                persistence?.rememberPeers(peers, nowMillis: wallMillis())
+                persistence?.rememberPeers(peers, nowMillis: wallClockMillis())
             }
         }
     }
@@ -229,7 +229,7 @@ public final class MeshService: Service, Sendable {
         var record = build()
         // No API address yet (the HTTP server is still starting): a record without one is useless to peers.
         guard !record.apiAddress.isEmpty else { return }
-        let wall = wallMillis()
+        let wall = wallClockMillis()
         let address = self.address
         record.origin = nodeID
         record.gossipAddress = address
@@ -273,7 +273,7 @@ public final class MeshService: Service, Sendable {
         }
         guard decoded.sender != nodeID, let messages = admit(decoded, source: source) else { return }
         let outputs = state.withLock { state in
-            state.agent.store.wallNowMillis = wallMillis()
+            state.agent.store.wallNowMillis = wallClockMillis()
             let rttProbe = state.agent.swim.pendingProbeStart(for: messages)
             let out = state.agent.receive(messages, from: decoded.sender, source: source, now: self.now)
             if let (target, started) = rttProbe {
@@ -289,7 +289,7 @@ public final class MeshService: Service, Sendable {
     /// Trust checks on a decoded packet: learns certificates from alive messages, refuses untrusted
     /// senders, filters alive/member entries of untrusted nodes, applies revocations.
     func admit(_ decoded: Packet.Decoded, source: PeerAddress) -> [MeshMessage]? {
-        let wall = wallMillis()
+        let wall = wallClockMillis()
         return state.withLock { state -> [MeshMessage]? in
             for message in decoded.messages {
                 switch message {
@@ -355,7 +355,7 @@ public final class MeshService: Service, Sendable {
     /// Counts a refusal and logs it at most once per reason every 10 seconds.
     func reject(_ reason: String, detail: String?) {
         onRejection(reason)
-        let wall = wallMillis()
+        let wall = wallClockMillis()
         let shouldLog = state.withLock { state -> Bool in
             if let last = state.lastRejectionLog[reason], wall - last < 10_000 { return false }
             state.lastRejectionLog[reason] = wall
@@ -377,7 +377,7 @@ public final class MeshService: Service, Sendable {
         let isPushPull = messages.contains { if case .members = $0 { return true } else { return false } }
         if isPushPull {
             let (reply, outputs) = state.withLock { state in
-                state.agent.store.wallNowMillis = wallMillis()
+                state.agent.store.wallNowMillis = wallClockMillis()
                 let (reply, outputs) = state.agent.answerPushPull(messages, now: self.now)
                 return (reply + state.keys.keys.values.map { MeshMessage.apiKey($0.bytes) }, outputs)
             }
@@ -386,7 +386,7 @@ public final class MeshService: Service, Sendable {
             return Packet.encode(reply, signer: identity, meshKey: settings.meshKeys.first)
         }
         let outputs = state.withLock { state in
-            state.agent.store.wallNowMillis = wallMillis()
+            state.agent.store.wallNowMillis = wallClockMillis()
             return state.agent.receive(messages, from: decoded.sender, source: source, now: self.now)
         }
         perform(outputs)
@@ -409,7 +409,7 @@ public final class MeshService: Service, Sendable {
                 onEvent(status.description, node)
                 if status == .alive, let member = state.withLock({ $0.agent.swim.members[node] }) {
                     // Remember peers as soon as they are seen, so a restart rejoins without seeds.
-                    persistence?.rememberPeers([(address: member.address, node: node)], nowMillis: wallMillis())
+                    persistence?.rememberPeers([(address: member.address, node: node)], nowMillis: wallClockMillis())
                 }
             case .swim(.removed(let node)):
                 onEvent("removed", node)
@@ -445,7 +445,7 @@ public final class MeshService: Service, Sendable {
             let decoded = try Packet.decode(replyBytes, meshKeys: settings.meshKeys, maxBytes: WireLimits.maxTCPFrame)
             guard let messages = admit(decoded, source: peer) else { return }
             let (final, outputs) = state.withLock { state in
-                state.agent.store.wallNowMillis = wallMillis()
+                state.agent.store.wallNowMillis = wallClockMillis()
                 return state.agent.finishPushPull(messages, now: self.now)
             }
             perform(outputs)
@@ -544,7 +544,7 @@ public final class MeshService: Service, Sendable {
 
     /// The header for forwarding `body` to a peer; `visited` is what this request carried in (this node is appended).
     public func signHop(requestID: String, body: [UInt8], visited: [NodeID]) -> String {
-        HopHeader.sign(from: identity, requestID: requestID, timestampMillis: wallMillis(), body: body, visited: visited + [nodeID]).value
+        HopHeader.sign(from: identity, requestID: requestID, timestampMillis: wallClockMillis(), body: body, visited: visited + [nodeID]).value
     }
 
     /// Checks a forwarded request: a live, trusted member signed it, recently, for exactly this body,
@@ -556,7 +556,7 @@ public final class MeshService: Service, Sendable {
         }
         let header: HopHeader
         do { header = try HopHeader(value: value) } catch { return refuse("malformed", "the x-aiproxy-hop header is malformed") }
-        let wall = wallMillis()
+        let wall = wallClockMillis()
         let (member, trusted, name) = state.withLock { state in
             (state.agent.swim.members[header.from], state.agent.store.trust.isTrusted(header.from, nowMillis: wall),
              state.agent.store.table.entries[header.from]?.record.name)
@@ -587,7 +587,7 @@ public final class MeshService: Service, Sendable {
     public func submitRevocation(text: String) -> String? {
         let revocation: Revocation
         do { revocation = try Revocation(fileText: text) } catch { return "not an aimesh revocation (\(error.rawValue))" }
-        let wall = wallMillis()
+        let wall = wallClockMillis()
         return state.withLock { state -> String? in
             do throws(Rejection) {
                 _ = try state.agent.store.trust.apply(revocationBytes: revocation.bytes)
@@ -602,12 +602,6 @@ public final class MeshService: Service, Sendable {
 
     /// Forces a re-advertise now (tests, and the node when its providers change).
     public func readvertise() { readvertiseIfChanged(force: true) }
-}
-
-func wallMillis() -> Int64 {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
 }
 
 extension SocketAddress {

@@ -2,6 +2,7 @@ import Ledger
 import MeshCore
 import MeshState
 import Membership
+import Synchronization
 import Wire
 
 #if canImport(Glibc)
@@ -9,18 +10,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// A plain mutex (pthread) for code that must not suspend.
-final class NSLockLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
-    }
-}
 
 /// The real node's record store: signed records, checked against the trust store.
 public struct TableStore: RecordStore {
@@ -51,9 +40,8 @@ public struct TableStore: RecordStore {
 /// peers this node knew (so it rejoins alone). `data_dir/mesh.sqlite`.
 public final class MeshPersistence: @unchecked Sendable {
     let database: SQLiteDatabase
-    /// Every use holds this; after `close()` every call is a no-op (late callbacks during shutdown).
-    let lock = NSLockLike()
-    var closed = false
+    /// Every use holds this lock; once it reads true (`close()`), calls are no-ops (late callbacks at shutdown).
+    let closed = Mutex(false)
 
     public init(path: String) throws(SQLiteError) {
         database = try SQLiteDatabase(path: path)
@@ -65,39 +53,37 @@ public final class MeshPersistence: @unchecked Sendable {
     }
 
     public func value(_ key: String) -> UInt64? {
-        lock.withLock { unlockedValue(key) }
+        closed.withLock { closed in closed ? nil : unlockedValue(key) }
     }
 
     func unlockedValue(_ key: String) -> UInt64? {
-        guard !closed, let rows = try? database.query("SELECT value FROM kv WHERE key = ?", [.text(key)]), let value = rows.first?.first?.int else { return nil }
+        guard let rows = try? database.query("SELECT value FROM kv WHERE key = ?", [.text(key)]), let value = rows.first?.first?.int else { return nil }
         return UInt64(bitPattern: value)
     }
 
     public func set(_ key: String, _ value: UInt64) {
-        lock.withLock { unlockedSet(key, value) }
+        closed.withLock { closed in if !closed { unlockedSet(key, value) } }
     }
 
     func unlockedSet(_ key: String, _ value: UInt64) {
-        guard !closed else { return }
         _ = try? database.query("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                                 [.text(key), .integer(Int64(bitPattern: value))])
     }
 
     /// A value strictly greater than both the stored one and `floor`, stored before it is returned.
     public func nextMonotonic(_ key: String, floor: UInt64) -> UInt64 {
-        lock.withLock {
-            let next = max((unlockedValue(key) ?? 0) + 1, floor)
-            unlockedSet(key, next)
+        closed.withLock { closed in
+            let next = max(((closed ? nil : unlockedValue(key)) ?? 0) + 1, floor)
+            if !closed { unlockedSet(key, next) }
             return next
         }
     }
 
     public func rememberPeers(_ peers: [(address: PeerAddress, node: NodeID)], nowMillis: Int64) {
-        lock.withLock { unlockedRememberPeers(peers, nowMillis: nowMillis) }
+        closed.withLock { closed in if !closed { unlockedRememberPeers(peers, nowMillis: nowMillis) } }
     }
 
     func unlockedRememberPeers(_ peers: [(address: PeerAddress, node: NodeID)], nowMillis: Int64) {
-        guard !closed else { return }
         for peer in peers {
             _ = try? database.query("""
                 INSERT INTO peers (address, node, last_seen_ms) VALUES (?, ?, ?)
@@ -109,14 +95,14 @@ public final class MeshPersistence: @unchecked Sendable {
     }
 
     public func knownPeers(limit: Int = 32) -> [PeerAddress] {
-        lock.withLock {
+        closed.withLock { closed in
             guard !closed, let rows = try? database.query("SELECT address FROM peers ORDER BY last_seen_ms DESC LIMIT ?", [.integer(Int64(limit))]) else { return [] }
             return rows.compactMap { $0.first?.string.flatMap(PeerAddress.init(parsing:)) }
         }
     }
 
     public func close() {
-        lock.withLock {
+        closed.withLock { closed in
             guard !closed else { return }
             closed = true
             database.close()

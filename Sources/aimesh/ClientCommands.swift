@@ -38,12 +38,8 @@ struct NodeClientOptions: ParsableArguments {
         var headers = self.headers
         if let adminKey {
             let kind = (readSmallFile(adminKey) ?? "").hasPrefix("aimesh-admin-key") ? "admin" : "node"
-            do {
-                let key = try KeyFile.load(path: adminKey, kind: kind)
-                headers.append((AdminSignature.name, AdminSignature.sign(method: "GET", target: path, key: key, timestampMillis: wallMillis())))
-            } catch {
-                throw ValidationError(error.description)
-            }
+            let key = try loadKey(adminKey, kind: kind)
+            headers.append((AdminSignature.name, AdminSignature.sign(method: "GET", target: path, key: key, timestampMillis: wallClockMillis())))
         }
         let (head, body) = try await client.send(OutboundRequest(url: baseURL + path, headers: headers, timeouts: Timeouts(connect: .seconds(5), firstByte: .seconds(30))))
         let json = try JSONParser.parse(body)

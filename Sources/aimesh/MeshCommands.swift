@@ -87,18 +87,14 @@ struct MeshCommand: ParsableCommand {
         func run() throws {
             guard let id = NodeID(hex: node) else { throw ValidationError("NODE_PUBKEY must be 64 hex digits, as `aimesh id` prints it") }
             guard let lifetime = parseLifetime(expires) else { throw ValidationError("--expires takes a duration such as 90d, 12h or 30m") }
-            let admin: Ed25519.KeyPair
-            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
-                printError("aimesh: \(error.description)")
-                throw ExitCode(1)
-            }
-            let now = wallMillis()
+            let admin = try loadKey(adminKey, kind: "admin")
+            let now = wallClockMillis()
             let certificate = Certificate.issue(node: id, name: name, issuedAtMillis: now, expiresAtMillis: now + lifetime, admin: admin)
             guard writeSmallFile(out, certificate.fileText) else {
                 printError("aimesh: cannot write \(out)")
                 throw ExitCode(1)
             }
-            print("admitted \(id.short) as \(name) until \(isoDate(now + lifetime)); certificate in \(out)")
+            print("admitted \(id.short) as \(name) until \(iso8601(millis: now + lifetime)); certificate in \(out)")
         }
     }
 
@@ -122,12 +118,8 @@ struct MeshCommand: ParsableCommand {
 
         func run() async throws {
             guard let id = NodeID(hex: node) else { throw ValidationError("NODE_PUBKEY must be 64 hex digits") }
-            let admin: Ed25519.KeyPair
-            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
-                printError("aimesh: \(error.description)")
-                throw ExitCode(1)
-            }
-            let revocation = Revocation.issue(node: id, issuedAtMillis: wallMillis(), admin: admin)
+            let admin = try loadKey(adminKey, kind: "admin")
+            let revocation = Revocation.issue(node: id, issuedAtMillis: wallClockMillis(), admin: admin)
             guard writeSmallFile(out, revocation.fileText) else {
                 printError("aimesh: cannot write \(out)")
                 throw ExitCode(1)
@@ -160,6 +152,16 @@ func postText(url: String, text: String, apiKey: String?) async throws -> (Int, 
     return (head.status, String(decoding: body, as: UTF8.self))
 }
 
+/// A key file for a command, or a clear message and exit 1.
+func loadKey(_ path: String, kind: String) throws -> Ed25519.KeyPair {
+    do {
+        return try KeyFile.load(path: path, kind: kind)
+    } catch {
+        printError("aimesh: \(error.description)")
+        throw ExitCode(1)
+    }
+}
+
 func parseLifetime(_ text: String) -> Int64? {
     guard let unit = text.last, let value = Int64(text.dropLast()), value > 0 else { return nil }
     switch unit {
@@ -171,19 +173,6 @@ func parseLifetime(_ text: String) -> Int64? {
     }
 }
 
-func wallMillis() -> Int64 {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
-}
-
-func isoDate(_ millis: Int64) -> String {
-    var seconds = time_t(millis / 1000)
-    var parts = tm()
-    gmtime_r(&seconds, &parts)
-    func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
-}
 
 struct KeysCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -223,18 +212,14 @@ struct KeysCommand: ParsableCommand {
         var out: String?
 
         func run() async throws {
-            let admin: Ed25519.KeyPair
-            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
-                printError("aimesh: \(error.description)")
-                throw ExitCode(1)
-            }
+            let admin = try loadKey(adminKey, kind: "admin")
             var lifetime: Int64 = 0
             if let expires {
                 guard let parsed = parseLifetime(expires) else { throw ValidationError("--expires takes a duration such as 90d or 12h") }
                 lifetime = parsed
             }
             let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
-            let now = wallMillis()
+            let now = wallClockMillis()
             let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: name, issuedAtMillis: now, expiresAtMillis: lifetime > 0 ? now + lifetime : 0,
                                    requestsPerMinute: rpm, tokensPerMinute: tpm, dailyBudget: budgetDaily,
                                    models: models?.split(separator: ",").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty } ?? [],
@@ -274,12 +259,8 @@ struct KeysCommand: ParsableCommand {
             guard let digest = key.map({ Sodium.sha256(Array($0.utf8)) }) ?? hash.flatMap(ByteEncoding.fromHex), digest.count == 32 else {
                 throw ValidationError("give --key KEY or --hash SHA256HEX")
             }
-            let admin: Ed25519.KeyPair
-            do { admin = try KeyFile.load(path: adminKey, kind: "admin") } catch {
-                printError("aimesh: \(error.description)")
-                throw ExitCode(1)
-            }
-            let record = KeyRecord(keyHash: digest, name: name, issuedAtMillis: wallMillis(), revoked: true, admin: admin.nodeID).signed(by: admin)
+            let admin = try loadKey(adminKey, kind: "admin")
+            let record = KeyRecord(keyHash: digest, name: name, issuedAtMillis: wallClockMillis(), revoked: true, admin: admin.nodeID).signed(by: admin)
             let (status, body) = try await postText(url: nodeURL + "/aiproxy/keys", text: record.fileText, apiKey: nil)
             guard status == 200 else {
                 printError("aimesh: \(nodeURL) refused the revocation (\(status)): \(body)")

@@ -140,7 +140,7 @@ struct UsageCommand: AsyncParsableCommand {
             rows.append([row["group"]?.stringValue ?? "?", String(row["requests"]?.intValue ?? 0), String(row["prompt_tokens"]?.intValue ?? 0),
                          String(row["completion_tokens"]?.intValue ?? 0), Table.money(row["cost"]?.doubleValue), String(row["errors"]?.intValue ?? 0)])
         }
-        print("node \(usage["node"]?.stringValue ?? "?") since \(isoDate(Int64(usage["since_ms"]?.intValue ?? 0)))\n")
+        print("node \(usage["node"]?.stringValue ?? "?") since \(iso8601(millis: Int64(usage["since_ms"]?.intValue ?? 0)))\n")
         print(Table.render(rows))
     }
 }

@@ -77,7 +77,7 @@ struct MeshForwardTests {
             let b = try await Self.meshNode("b", providers: Self.local(mocks[1], models: ["far-model"]), seed: seed)
             let c = try await Self.meshNode("c", providers: Self.local(mocks[0], models: ["far-model"]), seed: seed)
             defer { Task { await a.stop(); await b.stop(); await c.stop() } }
-            #expect(try await Self.eventually { (try await a.get("/v1/models/far-model").json["providers"]?.arrayValue?.count ?? 0) == 2 })
+            #expect(try await eventually { (try await a.get("/v1/models/far-model").json["providers"]?.arrayValue?.count ?? 0) == 2 })
             let words = (1...30).map { "w\($0)" }.joined(separator: " ")
             // Pin a's first hop to b; b's own server fails before the first byte, so b fails over to c: two hops.
             let (head, events) = try await a.stream(chatBody("far-model", words, stream: true), headers: [("x-aiproxy-provider", "b")])
@@ -99,7 +99,7 @@ struct MeshForwardTests {
             let p2 = try await Self.meshNode("p2", providers: Self.local(mocks[1], models: ["shared"]), seed: seed)
             defer { Task { await a.stop(); await p1.stop(); await p2.stop() } }
             #expect(try await Self.settled([a], models: ["shared"]))
-            #expect(try await Self.eventually { (try await a.get("/v1/models/shared").json["providers"]?.arrayValue?.count ?? 0) == 2 })
+            #expect(try await eventually { (try await a.get("/v1/models/shared").json["providers"]?.arrayValue?.count ?? 0) == 2 })
             for strategy in ["least_loaded", "round_robin"] {
                 mocks[0].resetCounters()
                 mocks[1].resetCounters()
@@ -125,8 +125,8 @@ struct MeshForwardTests {
             let p1 = try await Self.meshNode("p1", providers: Self.local(mocks[0], models: ["shared"]), seed: seed)
             let p2 = try await Self.meshNode("p2", providers: Self.local(mocks[1], models: ["shared"]), seed: seed)
             defer { Task { await a.stop(); await p1.stop() } }
-            #expect(try await Self.eventually { (try await a.get("/v1/models/shared").json["providers"]?.arrayValue?.count ?? 0) == 2 })
-            let failures = MeshTransportTests.Counter()
+            #expect(try await eventually { (try await a.get("/v1/models/shared").json["providers"]?.arrayValue?.count ?? 0) == 2 })
+            let failures = Counter()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for i in 0..<60 {
                     if i == 20 { group.addTask { await p2.stop() } }
@@ -189,7 +189,7 @@ struct MeshForwardTests {
             let b = try await Self.meshNode("b", providers: Self.local(mocks[1], models: ["loop"]), seed: seed)
             let c = try await Self.meshNode("c", providers: Self.local(mocks[2], models: ["loop"]), seed: seed)
             defer { Task { await a.stop(); await b.stop(); await c.stop() } }
-            #expect(try await Self.eventually { (try await a.get("/v1/models/loop").json["providers"]?.arrayValue?.count ?? 0) == 3 })
+            #expect(try await eventually { (try await a.get("/v1/models/loop").json["providers"]?.arrayValue?.count ?? 0) == 3 })
             let reply = try await a.post("/v1/chat/completions", chatBody("loop"), headers: [("x-aiproxy-timeout", "10s")])
             #expect(reply.status == 502, "\(reply.text)")
             // Every node's own upstream was tried a bounded number of times: no request went round.
@@ -205,7 +205,7 @@ struct MeshForwardTests {
             let b = try await Self.meshNode("b", providers: Self.local(mocks[0], models: ["gm"]), seed: seed)
             let c = try await Self.meshNode("c", seed: seed)
             defer { Task { await a.stop(); await b.stop(); await c.stop() } }
-            #expect(try await Self.eventually {
+            #expect(try await eventually {
                 let topology = try await a.get("/aiproxy/mesh/topology").json
                 let names = Set((topology["nodes"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue })
                 return names == ["a", "b", "c"] && (topology["edges"]?.arrayValue?.count ?? 0) == 2
@@ -221,12 +221,4 @@ struct MeshForwardTests {
         }
     }
 
-    static func eventually(_ timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async rethrows -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        return try await condition()
-    }
 }

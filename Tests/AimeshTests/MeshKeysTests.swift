@@ -24,15 +24,31 @@ struct MeshKeysTests {
         return node
     }
 
+    /// Node a, and node c joined through it.
+    static func pair(admin: Ed25519.KeyPair, mock: String, paid: Bool = false) async throws -> (TestNode, TestNode) {
+        let a = try await node("a", admin: admin, mock: mock, paid: paid)
+        let seed = try #require(a.runtime.mesh?.boundPort)
+        return (a, try await node("c", admin: admin, mock: mock, seed: seed, paid: paid))
+    }
+
+    /// A fresh client key and the wall-clock time to issue it at.
+    static func newKey() -> (key: String, now: Int64) {
+        ("sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24)), Int64(Date().timeIntervalSince1970 * 1000))
+    }
+
+    /// Per-minute tests must fit in one wall-clock minute: past its 45th second, wait for the next
+    /// (the minute boundary is the event; there is nothing else to wait on).
+    static func startOfAMinute() async throws {
+        let intoMinute = Int64(Date().timeIntervalSince1970 * 1000) % 60_000
+        if intoMinute > 45_000 { try await Task.sleep(for: .milliseconds(60_000 - intoMinute + 100)) }
+    }
+
     @Test func keyMadeOnOneNode_worksOnAnother_andRevocationStopsItEverywhere() async throws {
         try await withMocks([.init(name: "u")]) { mocks in
             let admin = Ed25519.KeyPair.generate()
-            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL)
-            let seed = try #require(a.runtime.mesh?.boundPort)
-            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed)
+            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL)
             defer { Task { await a.stop(); await c.stop() } }
-            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let (key, now) = Self.newKey()
             let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "team-x", issuedAtMillis: now, requestsPerMinute: 5, models: ["m"],
                                    admin: admin.nodeID).signed(by: admin)
             let auth = [("authorization", "Bearer \(key)")]
@@ -46,7 +62,7 @@ struct MeshKeysTests {
 
             let submitted = try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8))
             #expect(submitted.status == 200, "\(submitted.text)")
-            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 },
+            #expect(try await eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 },
                     "the key reached c by gossip")
             let other = try await c.post("/v1/chat/completions", chatBody("other"), headers: auth)
             #expect(other.status == 403 && other.json["error"]?["code"]?.stringValue == "model_not_allowed")
@@ -57,7 +73,7 @@ struct MeshKeysTests {
 
             let revocation = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "team-x", issuedAtMillis: now + 1, revoked: true, admin: admin.nodeID).signed(by: admin)
             #expect(try await c.post("/aiproxy/keys", bytes: Array(revocation.fileText.utf8)).status == 200)
-            #expect(try await MeshForwardTests.eventually {
+            #expect(try await eventually {
                 let atA = try await a.post("/v1/chat/completions", chatBody("m"), headers: auth)
                 return atA.status == 401 && atA.text.contains("revoked")
             }, "revoked everywhere")
@@ -71,21 +87,18 @@ struct MeshKeysTests {
     @Test func keyBudget_isMeshWide_andNeverOverspent() async throws {
         try await withMocks([.init(name: "u")]) { mocks in
             let admin = Ed25519.KeyPair.generate()
-            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL, paid: true)
-            let seed = try #require(a.runtime.mesh?.boundPort)
-            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed, paid: true)
+            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL, paid: true)
             defer { Task { await a.stop(); await c.stop() } }
-            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let (key, now) = Self.newKey()
             let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "budgeted", issuedAtMillis: now, dailyBudget: 0.05, admin: admin.nodeID).signed(by: admin)
             #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
             let auth = [("authorization", "Bearer \(key)")]
-            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200 })
+            #expect(try await eventually { try await c.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200 })
             // $0.001 a token; each request may cost (prompt + 20) tokens and really costs ~11.
             #expect(try await a.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200)
             // c learns a's spend from a's record, so the key's budget holds across the mesh.
             let spentAtA = a.gateway.keyBudgets.localSpend(key: "budgeted", day: KeyBudgets.day(millis: now))
-            #expect(try await MeshForwardTests.eventually {
+            #expect(try await eventually {
                 spentAtA > 0 && (c.gateway.meshKeySpend?("budgeted", KeyBudgets.day(millis: now)) ?? 0) >= spentAtA - 1e-9
             }, "a's spend reached c: \(spentAtA) vs \(c.gateway.meshKeySpend?("budgeted", KeyBudgets.day(millis: now)) ?? -1); a's own record: \(a.runtime.mesh?.records().first { $0.record.origin == a.runtime.mesh?.nodeID }?.record.spend ?? [])")
             var statuses: [Int] = []
@@ -132,23 +145,18 @@ struct MeshKeysTests {
     @Test func perMinuteLimit_holdsAcrossTheMesh() async throws {
         try await withMocks([.init(name: "u")]) { mocks in
             let admin = Ed25519.KeyPair.generate()
-            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL)
-            let seed = try #require(a.runtime.mesh?.boundPort)
-            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed)
+            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL)
             defer { Task { await a.stop(); await c.stop() } }
-            // Start early in a minute so the whole test fits in one.
-            let intoMinute = Int64(Date().timeIntervalSince1970 * 1000) % 60_000
-            if intoMinute > 45_000 { try await Task.sleep(for: .milliseconds(60_000 - intoMinute + 100)) }
-            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            try await Self.startOfAMinute()
+            let (key, now) = Self.newKey()
             let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "shared", issuedAtMillis: now, requestsPerMinute: 6, admin: admin.nodeID).signed(by: admin)
             #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
             let auth = [("authorization", "Bearer \(key)")]
-            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
+            #expect(try await eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
             for _ in 0..<3 { #expect(try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200) }
             // c hears of a's three (and counts its own one) before it decides.
             let minute = KeyRequestCounts.minute(millis: Int64(Date().timeIntervalSince1970 * 1000))
-            #expect(try await MeshForwardTests.eventually { (c.gateway.meshKeyRequests?("shared", minute) ?? 0) >= 3 })
+            #expect(try await eventually { (c.gateway.meshKeyRequests?("shared", minute) ?? 0) >= 3 })
             var statuses: [Int] = []
             for _ in 0..<4 { statuses.append(try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status) }
             #expect(statuses == [200, 200, 429, 429], "6 per minute across both nodes: \(statuses)")
@@ -158,22 +166,18 @@ struct MeshKeysTests {
     @Test func tokensPerMinute_holdAcrossTheMesh() async throws {
         try await withMocks([.init(name: "u")]) { mocks in
             let admin = Ed25519.KeyPair.generate()
-            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL)
-            let seed = try #require(a.runtime.mesh?.boundPort)
-            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed)
+            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL)
             defer { Task { await a.stop(); await c.stop() } }
-            let intoMinute = Int64(Date().timeIntervalSince1970 * 1000) % 60_000
-            if intoMinute > 45_000 { try await Task.sleep(for: .milliseconds(60_000 - intoMinute + 100)) }
-            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            try await Self.startOfAMinute()
+            let (key, now) = Self.newKey()
             let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "tokens", issuedAtMillis: now, tokensPerMinute: 15, admin: admin.nodeID).signed(by: admin)
             #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
             let auth = [("authorization", "Bearer \(key)")]
-            #expect(try await MeshForwardTests.eventually { try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
+            #expect(try await eventually { try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
             // One answer is ~9 tokens; c learns that from a's record.
             let minute = KeyRequestCounts.minute(millis: Int64(Date().timeIntervalSince1970 * 1000))
-            #expect(try await MeshForwardTests.eventually { (c.gateway.meshKeyRequests?("tokens:tokens", minute) ?? 0) >= 5 })
-            #expect(try await MeshForwardTests.eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
+            #expect(try await eventually { (c.gateway.meshKeyRequests?("tokens:tokens", minute) ?? 0) >= 5 })
+            #expect(try await eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
             let refused = try await c.post("/v1/chat/completions", chatBody("m"), headers: auth)
             #expect(refused.status == 429 && refused.text.contains("tokens"), "\(refused.text)")
             #expect(refused.header("retry-after") != nil)
@@ -183,19 +187,16 @@ struct MeshKeysTests {
     @Test func duringASplit_eachNodeKeepsToItsShareOfTheBudget() async throws {
         try await withMocks([.init(name: "u")]) { mocks in
             let admin = Ed25519.KeyPair.generate()
-            let a = try await Self.node("a", admin: admin, mock: mocks[0].baseURL, paid: true)
-            let seed = try #require(a.runtime.mesh?.boundPort)
-            let c = try await Self.node("c", admin: admin, mock: mocks[0].baseURL, seed: seed, paid: true)
+            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL, paid: true)
             defer { Task { await a.stop(); await c.stop() } }
-            let key = "sk-aimesh-" + ByteEncoding.hex(Sodium.randomBytes(24))
-            let now = Int64(Date().timeIntervalSince1970 * 1000)
+            let (key, now) = Self.newKey()
             let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "split", issuedAtMillis: now, dailyBudget: 0.1, admin: admin.nodeID).signed(by: admin)
             #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
             let auth = [("authorization", "Bearer \(key)")]
-            #expect(try await MeshForwardTests.eventually { (c.runtime.mesh?.apiKey(hash: Sodium.sha256(Array(key.utf8))) != nil) })
+            #expect(try await eventually { (c.runtime.mesh?.apiKey(hash: Sodium.sha256(Array(key.utf8))) != nil) })
             // c drops off the network (no goodbye): a cannot tell a crash from a split.
             await c.runtime.mesh?.stop()
-            #expect(try await MeshForwardTests.eventually { a.runtime.mesh?.members().first?.status != .alive }, "a notices")
+            #expect(try await eventually { a.runtime.mesh?.members().first?.status != .alive }, "a notices")
             var served = 0
             for _ in 0..<10 where try await a.post("/v1/chat/completions", chatBody("m", extra: ["max_tokens": 20]), headers: auth).status == 200 { served += 1 }
             let spent = a.gateway.keyBudgets.localSpend(key: "split", day: KeyBudgets.day(millis: now))

@@ -16,11 +16,6 @@ import Glibc
 /// Real UDP and TCP sockets on 127.0.0.1, several mesh services in this process, fast SWIM timings.
 @Suite(.timeLimit(.minutes(1)), .serialized)
 struct MeshTransportTests {
-    final class Counter: Sendable {
-        let counts = Mutex<[String: Int]>([:])
-        func add(_ key: String) { counts.withLock { $0[key, default: 0] += 1 } }
-        func value(_ key: String) -> Int { counts.withLock { $0[key] ?? 0 } }
-    }
 
     struct Started {
         let service: MeshService
@@ -62,15 +57,6 @@ struct MeshTransportTests {
         return Started(service: service, rejections: rejections, dataDir: dir, key: key)
     }
 
-    /// Polls `condition` until it holds or `timeout` passes.
-    static func eventually(_ timeout: Duration = .seconds(15), _ condition: () -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(25))
-        }
-        return condition()
-    }
 
     static func aliveCount(_ service: MeshService) -> Int { service.members().filter { $0.status == .alive }.count }
 
@@ -81,8 +67,8 @@ struct MeshTransportTests {
         let started = nodes
         defer { Task { for node in started { await node.service.stop() } } }
 
-        #expect(await Self.eventually { nodes.allSatisfy { Self.aliveCount($0.service) == 4 } }, "every node sees four others alive")
-        #expect(await Self.eventually { nodes.allSatisfy { $0.service.records().count == 5 } }, "every record everywhere")
+        #expect(await eventually { nodes.allSatisfy { Self.aliveCount($0.service) == 4 } }, "every node sees four others alive")
+        #expect(await eventually { nodes.allSatisfy { $0.service.records().count == 5 } }, "every record everywhere")
         let names = Set(nodes[3].service.records().map(\.record.name))
         #expect(names == ["seed", "n1", "n2", "n3", "n4"])
 
@@ -91,14 +77,14 @@ struct MeshTransportTests {
         let oldIncarnation = victim.service.incarnation
         await victim.service.stop()
         let others = nodes.enumerated().filter { $0.offset != 2 }.map(\.element)
-        #expect(await Self.eventually { others.allSatisfy { node in node.service.members().first { $0.id == victim.key.nodeID }?.status == .dead } },
+        #expect(await eventually { others.allSatisfy { node in node.service.members().first { $0.id == victim.key.nodeID }?.status == .dead } },
                 "the crashed node is declared dead by all")
 
         // It restarts with its key and data: a higher incarnation, and everyone takes it back.
         let back = try await Self.start(name: "n2", seeds: [seed.service.address], key: victim.key, dataDir: victim.dataDir)
         defer { Task { await back.service.stop() } }
         #expect(back.service.incarnation > oldIncarnation)
-        #expect(await Self.eventually { others.allSatisfy { node in node.service.members().first { $0.id == victim.key.nodeID }?.status == .alive } })
+        #expect(await eventually { others.allSatisfy { node in node.service.members().first { $0.id == victim.key.nodeID }?.status == .alive } })
         #expect(others.allSatisfy { $0.rejections.value("malformed") == 0 && $0.rejections.value("bad_signature") == 0 })
     }
 
@@ -106,17 +92,17 @@ struct MeshTransportTests {
         let a = try await Self.start(name: "a", seeds: [])
         let b = try await Self.start(name: "b", seeds: [a.service.address])
         defer { Task { await a.service.stop() } }
-        #expect(await Self.eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
+        #expect(await eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
         await b.service.leave()
         await b.service.stop()
-        #expect(await Self.eventually(.seconds(3)) { a.service.members().first?.status == .left })
+        #expect(await eventually(.seconds(3)) { a.service.members().first?.status == .left })
     }
 
     @Test func forgedAndMalformedDatagrams_areRejectedAndCounted() async throws {
         let a = try await Self.start(name: "a", seeds: [])
         let b = try await Self.start(name: "b", seeds: [a.service.address])
         defer { Task { await a.service.stop(); await b.service.stop() } }
-        #expect(await Self.eventually { a.service.records().count == 2 })
+        #expect(await eventually { a.service.records().count == 2 })
         let genuine = try #require(a.service.records().first { $0.record.origin == b.key.nodeID })
 
         // An attacker with its own key claims b's record, and sends junk.
@@ -142,7 +128,7 @@ struct MeshTransportTests {
         spoofed.replaceSubrange(4..<36, with: b.key.publicKey)
         try await send(spoofed)
 
-        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("bad_signature") >= 2 && a.rejections.value("bad_magic") >= 1 && a.rejections.value("malformed") >= 1 })
+        #expect(await eventually(.seconds(5)) { a.rejections.value("bad_signature") >= 2 && a.rejections.value("bad_magic") >= 1 && a.rejections.value("malformed") >= 1 })
         let held = try #require(a.service.records().first { $0.record.origin == b.key.nodeID })
         #expect(held.record.apiAddress == genuine.record.apiAddress && held.record.version == genuine.record.version, "the forgery changed nothing")
         #expect(a.service.members().first { $0.id == b.key.nodeID }?.status == .alive, "the spoofed accusation was dropped")
@@ -155,8 +141,8 @@ struct MeshTransportTests {
         let outsider = try await Self.start(name: "x", seeds: [a.service.address], meshKeys: [keyB])
         let plain = try await Self.start(name: "p", seeds: [a.service.address])
         defer { Task { for node in [a, b, outsider, plain] { await node.service.stop() } } }
-        #expect(await Self.eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 }, "same secret: joined")
-        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("wrong_mesh_key") >= 2 }, "outsiders' packets are refused")
+        #expect(await eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 }, "same secret: joined")
+        #expect(await eventually(.seconds(5)) { a.rejections.value("wrong_mesh_key") >= 2 }, "outsiders' packets are refused")
         #expect(outsider.service.members().isEmpty && plain.service.members().isEmpty)
         #expect(!a.service.members().contains { $0.id == outsider.key.nodeID || $0.id == plain.key.nodeID })
     }
@@ -168,10 +154,10 @@ struct MeshTransportTests {
         let b = try await Self.start(name: "b", seeds: [a.service.address], meshKeys: [new, old])
         defer { Task { await a.service.stop(); await b.service.stop() } }
         // a does not know the new key yet: b's packets are refused there, a's reach b.
-        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("wrong_mesh_key") >= 1 })
+        #expect(await eventually(.seconds(5)) { a.rejections.value("wrong_mesh_key") >= 1 })
         let c = try await Self.start(name: "c", seeds: [b.service.address], meshKeys: [new, old])
         defer { Task { await c.service.stop() } }
-        #expect(await Self.eventually { Self.aliveCount(b.service) >= 1 && Self.aliveCount(c.service) >= 1 }, "new-key nodes talk to each other")
+        #expect(await eventually { Self.aliveCount(b.service) >= 1 && Self.aliveCount(c.service) >= 1 }, "new-key nodes talk to each other")
     }
 
     @Test func caTrust_admitsCertifiedNodes_refusesOthers_andHonoursRevocation() async throws {
@@ -193,8 +179,8 @@ struct MeshTransportTests {
         let rogue = try await Self.start(name: "r", seeds: [a.service.address], key: kr, certificate: rogueCert, trust: TrustStore(mode: .ca(admin: rogueAdmin.nodeID)))
         defer { Task { for node in [a, b, c, rogue] { await node.service.stop() } } }
 
-        #expect(await Self.eventually { [a, b, c].allSatisfy { Self.aliveCount($0.service) == 2 } }, "certified nodes form the mesh")
-        #expect(await Self.eventually(.seconds(5)) { a.rejections.value("untrusted_key") >= 1 })
+        #expect(await eventually { [a, b, c].allSatisfy { Self.aliveCount($0.service) == 2 } }, "certified nodes form the mesh")
+        #expect(await eventually(.seconds(5)) { a.rejections.value("untrusted_key") >= 1 })
         #expect(!a.service.members().contains { $0.id == kr.nodeID })
         #expect(!a.service.records().contains { $0.record.origin == kr.nodeID })
 
@@ -202,22 +188,22 @@ struct MeshTransportTests {
         let revocation = Revocation.issue(node: kc.nodeID, issuedAtMillis: wall, admin: admin)
         #expect(a.service.submitRevocation(text: revocation.fileText) == nil)
         #expect(b.service.submitRevocation(text: Revocation.issue(node: kc.nodeID, issuedAtMillis: wall, admin: rogueAdmin).fileText) != nil, "only the mesh admin may revoke")
-        #expect(await Self.eventually { b.service.trust.revocations[kc.nodeID] != nil }, "the revocation spread")
-        #expect(await Self.eventually { !b.service.records().contains { $0.record.origin == kc.nodeID } })
-        #expect(await Self.eventually { b.service.members().first { $0.id == kc.nodeID }?.status != .alive }, "a revoked node's packets are refused, so it fails its probes")
+        #expect(await eventually { b.service.trust.revocations[kc.nodeID] != nil }, "the revocation spread")
+        #expect(await eventually { !b.service.records().contains { $0.record.origin == kc.nodeID } })
+        #expect(await eventually { b.service.members().first { $0.id == kc.nodeID }?.status != .alive }, "a revoked node's packets are refused, so it fails its probes")
     }
 
     @Test func restartedNode_rejoinsAlone_fromThePeersItRemembered() async throws {
         let a = try await Self.start(name: "a", seeds: [])
         let b = try await Self.start(name: "b", seeds: [a.service.address])
         defer { Task { await a.service.stop() } }
-        #expect(await Self.eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
+        #expect(await eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
         await b.service.stop()
         // No seeds this time: only what b stored in its data directory.
         let again = try await Self.start(name: "b", seeds: [], key: b.key, dataDir: b.dataDir)
         defer { Task { await again.service.stop() } }
-        #expect(await Self.eventually { again.service.members().first { $0.id == a.key.nodeID }?.status == .alive })
-        #expect(await Self.eventually { a.service.members().first { $0.id == b.key.nodeID }?.status == .alive })
+        #expect(await eventually { again.service.members().first { $0.id == a.key.nodeID }?.status == .alive })
+        #expect(await eventually { a.service.members().first { $0.id == b.key.nodeID }?.status == .alive })
     }
 
     @Test func materialChange_isReadvertised_withAHigherVersion() async throws {
@@ -231,12 +217,27 @@ struct MeshTransportTests {
                              gossipAddress: PeerAddress(host: "127.0.0.1", port: 1), name: "b", maxConcurrency: 16, inFlight: load.withLock { $0 })
         }
         b.service.readvertise()
-        #expect(await Self.eventually { a.service.records().first { $0.record.origin == key.nodeID }?.record.maxConcurrency == 16 })
+        #expect(await eventually { a.service.records().first { $0.record.origin == key.nodeID }?.record.maxConcurrency == 16 })
         let before = try #require(a.service.records().first { $0.record.origin == key.nodeID }?.record.version)
         load.withLock { $0 = 12 }  // a material change in load
-        #expect(await Self.eventually { (a.service.records().first { $0.record.origin == key.nodeID }?.record.inFlight ?? 0) == 12 }, "re-advertised within a second or so")
+        #expect(await eventually { (a.service.records().first { $0.record.origin == key.nodeID }?.record.inFlight ?? 0) == 12 }, "re-advertised within a second or so")
         let after = try #require(a.service.records().first { $0.record.origin == key.nodeID }?.record.version)
         #expect(after > before)
+    }
+
+    @Test func persistence_versionsNeverGoBackwards_andCloseIsFinal() throws {
+        let dir = temporaryDirectory("persist")
+        let first = try MeshPersistence(path: dir + "/mesh.sqlite")
+        #expect(first.nextMonotonic("v", floor: 100) == 100)
+        #expect(first.nextMonotonic("v", floor: 50) == 101, "a lower floor (a clock gone back) still moves forward")
+        first.rememberPeers([(address: PeerAddress(host: "10.0.0.9", port: 7946), node: NodeID(testNumber: 9))], nowMillis: 1_000)
+        first.close()
+        first.set("v", 5)  // after close: ignored, no crash
+        #expect(first.value("v") == nil)
+        let again = try MeshPersistence(path: dir + "/mesh.sqlite")
+        defer { again.close() }
+        #expect(again.nextMonotonic("v", floor: 0) == 102, "survives a restart")
+        #expect(again.knownPeers() == [PeerAddress(host: "10.0.0.9", port: 7946)])
     }
 
     static func wallNow() -> Int64 {

@@ -12,14 +12,6 @@ import Testing
 struct NodeMeshTests {
     static let fastMesh = "probe_interval: 200ms, probe_timeout: 80ms, gossip_interval: 50ms, push_pull_interval: 2s"
 
-    static func eventually(_ timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async rethrows -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
-        return try await condition()
-    }
 
     @Test func twoNodes_shareModelsPricesAndGPUs_neverSecrets() async throws {
         // A fake nvidia-smi on PATH.
@@ -40,7 +32,7 @@ struct NodeMeshTests {
                                              nodeExtra: "mesh: { enabled: true, listen_addr: \"127.0.0.1:0\", peers: [\"127.0.0.1:\(gossipA)\"], \(Self.fastMesh) }")
             defer { Task { await a.stop(); await b.stop() } }
 
-            #expect(try await Self.eventually {
+            #expect(try await eventually {
                 let status = try await b.get("/aiproxy/mesh/status").json
                 return status["peers"]?.arrayValue?.first?["status"]?.stringValue == "healthy"
                     && status["peers"]?.arrayValue?.first?["models_available"]?.arrayValue?.isEmpty == false
@@ -54,7 +46,7 @@ struct NodeMeshTests {
             #expect(peer["load"]?.doubleValue == 0)
 
             // GPUs are probed off the event loop and advertised with the next re-advertise (≤ ~1 s).
-            #expect(try await Self.eventually {
+            #expect(try await eventually {
                 let table = try await b.get("/aiproxy/mesh/table").json
                 return table["records"]?.arrayValue?.first { $0["name"]?.stringValue == "alpha" }?["gpus"]?.arrayValue?.isEmpty == false
             })

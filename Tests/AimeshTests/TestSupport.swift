@@ -7,6 +7,7 @@ import MeshCore
 import MockUpstream
 import Node
 import NodeConfig
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -134,4 +135,22 @@ func offThePool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
         thread.stackSize = 8 << 20
         thread.start()
     }
+}
+
+/// Polls `condition` until it holds or `timeout` passes (for state another process or node reaches
+/// in its own time: gossip, detection); returns the last answer.
+func eventually(_ timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(25))
+    }
+    return try await condition()
+}
+
+/// Counts by name, from any thread.
+final class Counter: Sendable {
+    let counts = Mutex<[String: Int]>([:])
+    func add(_ key: String) { counts.withLock { $0[key, default: 0] += 1 } }
+    func value(_ key: String) -> Int { counts.withLock { $0[key] ?? 0 } }
 }

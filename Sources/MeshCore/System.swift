@@ -1,0 +1,66 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Wall-clock milliseconds since 1970 (UTC): for timestamps that leave the process (ledger rows,
+/// records, certificates, hop headers). Durations and deadlines use `ContinuousClock`.
+public func wallClockMillis() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+}
+
+/// `2026-11-23T17:03:00Z`, or with `fraction` `2026-11-23T17:03:00.123Z` (UTC).
+public func iso8601(millis: Int64, fraction: Bool = false) -> String {
+    var seconds = time_t(millis / 1000)
+    var parts = tm()
+    gmtime_r(&seconds, &parts)
+    func pad(_ value: Int32, _ width: Int = 2) -> String {
+        let text = String(value)
+        return String(repeating: "0", count: max(0, width - text.count)) + text
+    }
+    let base = "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec))"
+    return fraction ? base + ".\(pad(Int32(millis % 1000), 3))Z" : base + "Z"
+}
+
+/// Creates `path` and any missing parents with `mode` (0700: data and key directories). Returns the
+/// system's reason when a directory cannot be made, nil on success.
+@discardableResult
+public func makeDirectories(_ path: String, mode: mode_t = 0o700) -> String? {
+    var current = path.hasPrefix("/") ? "" : "."
+    for component in path.split(separator: "/") {
+        current += "/\(component)"
+        if mkdir(current, mode) != 0 && errno != EEXIST { return String(cString: strerror(errno)) }
+    }
+    return nil
+}
+
+/// A whole file's bytes, or nil when it cannot be read or is larger than `limit`.
+public func readFileBytes(_ path: String, limit: Int = 1 << 20) -> [UInt8]? {
+    guard let file = fopen(path, "rb") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = fread(&buffer, 1, buffer.count, file)
+        if count <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<count])
+        if bytes.count > limit { return nil }
+    }
+    return bytes
+}
+
+/// A small text file (at most `limit` bytes of valid UTF-8), or nil.
+public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> String? {
+    readFileBytes(path, limit: limit).flatMap { String(validating: $0, as: UTF8.self) }
+}
+
+/// Writes a file with `mode`, replacing what was there.
+public func writeSmallFile(_ path: String, _ text: String, mode: mode_t = 0o644) -> Bool {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return text.utf8CString.withUnsafeBufferPointer { buffer in write(fd, buffer.baseAddress, buffer.count - 1) == buffer.count - 1 }
+}
