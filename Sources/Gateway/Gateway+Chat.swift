@@ -296,12 +296,14 @@ extension Gateway {
             return error.response(extraHeaders: headers)
         case .success(.complete(let response), let route, let attempts, let upstreamTime):
             let latency = ContinuousClock.now - start
-            let cost = Gateway.downstreamCost(response.body, route: route) ?? route.candidate.price.cost(of: response.usage)
+            let peer = Gateway.peerAnswer(response.body, route: route)
+            let cost = peer?.cost ?? route.candidate.price.cost(of: response.usage)
             let path = self.path(for: route, downstream: response.headers)
             var info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
             var stored = false
             if let cacheKey, let cacheTTL, let cache {
-                stored = cache.store(cacheKey, model: model, body: response.body, promptTokens: response.usage.promptTokens, completionTokens: response.usage.completionTokens,
+                // A peer's own x_aiproxy describes that request, not a later cache hit: not stored.
+                stored = cache.store(cacheKey, model: model, body: peer.map { JSON.object($0.object).bytes } ?? response.body, promptTokens: response.usage.promptTokens, completionTokens: response.usage.completionTokens,
                                      ttlMillis: Int64(cacheTTL.components.seconds * 1000), nowMillis: wallClockMillis())
                 if stored { metrics.counter("aimesh_cache_total", [("result", "stored")]).increment() }
                 if var object = info.objectValue {
@@ -309,7 +311,7 @@ extension Gateway {
                     info = .object(object)
                 }
             }
-            let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info)
+            let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
             var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
             if cacheKey != nil { headers[.aiproxyCache] = "miss" }
             headers[.aiproxyCost] = JSON.money(cost).text
@@ -353,11 +355,12 @@ extension Gateway {
                 buffer.writeSSEData(data)
             case .final(let data):
                 let usage = stream.usage
-                let cost = Gateway.downstreamCost(data, route: route) ?? route.candidate.price.cost(of: usage)
+                let peer = Gateway.peerAnswer(data, route: route)
+                let cost = peer?.cost ?? route.candidate.price.cost(of: usage)
                 finalCost = cost
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: usage,
                                        cost: cost, latency: ContinuousClock.now - start)
-                let augmented = data.last == UInt8(ascii: "}") ? Gateway.withAIProxy(data, closingBrace: data.count - 1, info: info) : data
+                let augmented = data.last == UInt8(ascii: "}") ? Gateway.withAIProxy(data, closingBrace: data.count - 1, info: info, peer: peer) : data
                 buffer.writeSSEData(augmented)
                 buffer.writeSSEData(Array("[DONE]".utf8))
             }
@@ -426,14 +429,15 @@ extension Gateway {
                 return error.response(extraHeaders: baseHeaders)
             case .success(let response, let route, let attempts, let upstreamTime):
                 let latency = ContinuousClock.now - start
-                let cost = route.candidate.price.cost(of: response.usage)
+                let peer = Gateway.peerAnswer(response.body, route: route)
+                let cost = peer?.cost ?? route.candidate.price.cost(of: response.usage)
                 let path = self.path(for: route, downstream: response.headers)
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
                 var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
                 headers[.aiproxyCost] = JSON.money(cost).text
                 record(requestID: requestID, model: modelName, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "embeddings")
-                return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info), headers: headers)
+                return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer), headers: headers)
             }
         } catch {
             recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: [], options: options, stream: false, start: start, endpoint: "embeddings")
@@ -450,35 +454,25 @@ extension Gateway {
         return [nodeName] + route.pathSuffix
     }
 
-    /// Adds `x_aiproxy` to a JSON object. When a peer already put its own there (a forwarded request),
-    /// that one moves to `x_aiproxy.downstream`, so the client sees one `x_aiproxy` with the whole path.
-    static let aiproxyMarker = Array("\"x_aiproxy\"".utf8)
-
-    /// What a peer charged for a forwarded request (its `x_aiproxy.cost`): the route it took there may
-    /// not be the cheapest one it advertised.
-    static func downstreamCost(_ bytes: [UInt8], route: ExecutableRoute) -> Double? {
-        guard case .peer = route.candidate.kind, contains(bytes, aiproxyMarker), let json = try? JSONParser.parse(bytes) else { return nil }
-        return json["x_aiproxy"]?["cost"]?.doubleValue
+    /// A peer's answer, parsed once: the object without the peer's `x_aiproxy`, and that `x_aiproxy`
+    /// (its path, attempts and the cost it really charged). Answers from this node's own providers
+    /// carry no `x_aiproxy` and are not parsed at all.
+    struct PeerAnswer {
+        var object: JSONObject
+        var info: JSON
+        var cost: Double? { info["cost"]?.doubleValue }
     }
 
-    static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-        guard haystack.count >= needle.count, let first = needle.first else { return false }
-        var i = 0
-        let last = haystack.count - needle.count
-        while i <= last {
-            if haystack[i] == first {
-                var j = 1
-                while j < needle.count && haystack[i + j] == needle[j] { j += 1 }
-                if j == needle.count { return true }
-            }
-            i += 1
-        }
-        return false
+    static func peerAnswer(_ bytes: [UInt8], route: ExecutableRoute) -> PeerAnswer? {
+        guard case .peer = route.candidate.kind, case .object(var object)? = try? JSONParser.parse(bytes), let info = object["x_aiproxy"] else { return nil }
+        object["x_aiproxy"] = nil
+        return PeerAnswer(object: object, info: info)
     }
 
-    static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: JSON) -> [UInt8] {
-        if Gateway.contains(bytes, Gateway.aiproxyMarker), case .object(var object)? = try? JSONParser.parse(bytes), let downstream = object["x_aiproxy"] {
-            object["x_aiproxy"] = nil
+    /// Adds `x_aiproxy` to a JSON object: spliced before the closing brace, or, for a peer's answer,
+    /// with the peer's own `x_aiproxy` moved to `x_aiproxy.downstream` (one `x_aiproxy`, whole path).
+    static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: JSON, peer: PeerAnswer? = nil) -> [UInt8] {
+        if var object = peer?.object, let downstream = peer?.info {
             var merged = info.objectValue ?? [:]
             merged["downstream"] = downstream
             object["x_aiproxy"] = .object(merged)

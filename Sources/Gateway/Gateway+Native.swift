@@ -71,9 +71,12 @@ extension Gateway {
                 return error.response(extraHeaders: baseHeaders)
             case .success(let response, let route, let attempts, let upstreamTime):
                 let latency = ContinuousClock.now - start
-                let cost = route.candidate.price.cost(of: response.usage)
-                let path = self.path(for: route, downstream: response.headers)
                 let parsed = (try? JSONParser.parse(response.body)) ?? .null
+                // A peer reports what it really charged (its route may not be the cheapest it advertised).
+                var peerCost: Double?
+                if case .peer = route.candidate.kind { peerCost = parsed["x_aiproxy"]?["cost"]?.doubleValue }
+                let cost = peerCost ?? route.candidate.price.cost(of: response.usage)
+                let path = self.path(for: route, downstream: response.headers)
                 let output = ChatRequest.text(of: parsed["choices"]?[0]?["message"]?["content"])
                 let failovers = attempts.filter { $0.outcome != "ok" && $0.outcome != "circuit_open" }.count
                 let reason: String

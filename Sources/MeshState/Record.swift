@@ -174,6 +174,22 @@ public struct CapabilityRecord: Sendable, Equatable {
         return w.bytes
     }
 
+    /// What decides whether a changed record is worth re-advertising: everything but version and
+    /// times, with load, GPU memory and utilisation, error rate and latency coarsened (in-flight and
+    /// queued in steps of 4, memory per GiB, utilisation per 25 %, error rate to 0.1, latency ignored),
+    /// so that jitter does not flood the mesh with new versions.
+    public var materialFingerprint: [UInt8] {
+        var coarse = self
+        coarse.version = 0
+        coarse.issuedAtMillis = 0
+        coarse.expiresAtMillis = 0
+        coarse.inFlight /= 4
+        coarse.queued /= 4
+        coarse.gpus = gpus.map { var gpu = $0; gpu.memoryUsedMB /= 1024; gpu.utilizationPercent /= 25; return gpu }
+        coarse.providers = providers.map { .init(name: $0.name, kind: $0.kind, up: $0.up, errorRate: ($0.errorRate * 10).rounded(), latencyMillis: 0) }
+        return coarse.canonicalBytes
+    }
+
     /// Canonical bytes plus the origin's signature: what travels and is relayed unchanged.
     public func signed(by key: Ed25519.KeyPair) -> [UInt8] {
         precondition(key.nodeID == origin, "a record is signed by its origin")

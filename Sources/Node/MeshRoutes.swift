@@ -34,16 +34,15 @@ final class MeshRoutes: RemoteRouteSource {
         var rtt: Duration?
     }
 
-    /// Live peers (alive members with a record) and what each offers of `model` (nil: every model).
+    /// Live peers (alive members with a record) and what each offers of `model` (nil: every model)
+    /// through a provider that is up.
     func offers(model: String?) -> [PeerOffer] {
-        let live = Dictionary(uniqueKeysWithValues: service.members().filter { $0.status == .alive }.map { ($0.id, $0) })
-        return service.records().compactMap { entry in
-            let record = entry.record
-            guard record.origin != service.nodeID, live[record.origin] != nil else { return nil }
+        service.liveOffers(model: model).compactMap { offer in
+            let record = offer.record
             let up = Set(record.providers.filter(\.up).map(\.name))
             let models = record.models.filter { (model == nil || $0.name == model) && (record.providers.isEmpty || up.contains($0.provider)) }
             guard !models.isEmpty else { return nil }
-            return PeerOffer(record: record, models: models, rtt: service.roundTrip(to: record.origin))
+            return PeerOffer(record: record, models: models, rtt: offer.rtt)
         }
     }
 

@@ -208,9 +208,10 @@ public final class MeshService: Service, Sendable {
     public func leave() async {
         stopping.store(true, ordering: .relaxed)
         let outputs = state.withLock { $0.agent.swim.leave(now: self.now) }
-        perform(outputs.map(AgentOutput.swim))
-        // Let the datagrams leave before the socket closes.
-        try? await Task.sleep(for: .milliseconds(50))
+        // Wait until the goodbyes are written, then the socket may close.
+        for case .send(let to, let messages) in outputs {
+            try? await sendDatagram(messages, to: to)?.get()
+        }
     }
 
     public func stop() async {
@@ -233,12 +234,7 @@ public final class MeshService: Service, Sendable {
         let address = self.address
         record.origin = nodeID
         record.gossipAddress = address
-        let fingerprint = CapabilityRecord(origin: nodeID, version: 0, issuedAtMillis: 0, expiresAtMillis: 0, apiAddress: record.apiAddress, gossipAddress: address,
-                                           name: record.name, region: record.region, nodeType: record.nodeType, models: record.models,
-                                           maxConcurrency: record.maxConcurrency, inFlight: record.inFlight / 4, queued: record.queued / 4,
-                                           gpus: record.gpus.map { var g = $0; g.memoryUsedMB /= 1024; g.utilizationPercent /= 25; return g },
-                                           providers: record.providers.map { .init(name: $0.name, kind: $0.kind, up: $0.up, errorRate: ($0.errorRate * 10).rounded(), latencyMillis: 0) },
-                                           spend: record.spend).canonicalBytes
+        let fingerprint = record.materialFingerprint
         let ttlMillis = Int64(settings.recordTTL.components.seconds * 1000)
         let due = state.withLock { state -> Bool in
             force || fingerprint != state.lastFingerprint || wall - state.lastPublishMillis >= ttlMillis / 3
@@ -422,12 +418,14 @@ public final class MeshService: Service, Sendable {
         }
     }
 
-    func sendDatagram(_ messages: [MeshMessage], to peer: PeerAddress) {
-        guard let channel = udp.withLock({ $0 }), let address = resolve(peer) else { return }
+    /// Signs (and seals) and sends one datagram; the future completes once it is written.
+    @discardableResult
+    func sendDatagram(_ messages: [MeshMessage], to peer: PeerAddress) -> EventLoopFuture<Void>? {
+        guard let channel = udp.withLock({ $0 }), let address = resolve(peer) else { return nil }
         let packet = Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first)
         var buffer = channel.allocator.buffer(capacity: packet.count)
         buffer.writeBytes(packet)
-        channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+        return channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer))
     }
 
     func resolve(_ peer: PeerAddress) -> SocketAddress? {
@@ -499,6 +497,19 @@ public final class MeshService: Service, Sendable {
     // MARK: Views
 
     public func members() -> [Member] { state.withLock { Array($0.agent.swim.members.values) }.sorted { $0.id < $1.id } }
+
+    /// Per request: the records of alive peers that offer `model` (any model when nil), with this
+    /// node's RTT to each — filtered under one lock, without copying or sorting the rest of the table.
+    public func liveOffers(model: String?) -> [(record: CapabilityRecord, rtt: Duration?)] {
+        state.withLock { state in
+            var offers: [(record: CapabilityRecord, rtt: Duration?)] = []
+            for (origin, entry) in state.agent.store.table.entries where origin != nodeID && state.agent.swim.members[origin]?.status == .alive {
+                if let model, !entry.record.models.contains(where: { $0.name == model }) { continue }
+                offers.append((entry.record, state.rtt[origin]))
+            }
+            return offers.sorted { $0.record.origin < $1.record.origin }
+        }
+    }
 
     public func records() -> [RecordTable.Entry] { state.withLock { Array($0.agent.store.table.entries.values) }.sorted { $0.record.origin < $1.record.origin } }
 

@@ -37,12 +37,17 @@ final class Child: @unchecked Sendable {
     /// Runs to completion (bounded) and returns the exit code and everything printed.
     static func run(_ arguments: [String], environment: [String: String]? = nil, timeout: Duration = .seconds(20)) async throws -> (Int32, String) {
         let child = try Child(arguments, environment: environment)
-        let deadline = ContinuousClock.now + timeout
-        while child.process.isRunning {
-            guard ContinuousClock.now < deadline else { child.kill(); throw TestFailure("aimesh \(arguments) did not finish") }
-            try await Task.sleep(for: .milliseconds(20))
+        // The watchdog only fires if the process outlives its time; the exit itself is awaited.
+        let watchdog = Task {
+            try await Task.sleep(for: timeout)
+            child.kill()
         }
-        return (child.process.terminationStatus, child.collectedOutput())
+        let output = await offThePool { child.collectedOutput() }  // reads to EOF: the process has exited or closed its output
+        await offThePool { child.process.waitUntilExit() }
+        let timedOut = watchdog.isCancelled == false && child.process.terminationReason == .uncaughtSignal && child.process.terminationStatus == SIGKILL
+        watchdog.cancel()
+        if timedOut { throw TestFailure("aimesh \(arguments) did not finish within \(timeout)") }
+        return (child.process.terminationStatus, output)
     }
 
     func collectedOutput() -> String {

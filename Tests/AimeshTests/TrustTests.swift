@@ -45,6 +45,33 @@ import Glibc
         #expect(throws: Rejection.malformed) { _ = try CapabilityRecord(signed: Array(bytes.prefix(50))) }
     }
 
+    @Test func materialFingerprint_ignoresJitter_seesRealChanges() throws {
+        let base = try CapabilityRecord(signed: Self.record(version: 1))
+        var jitter = base
+        jitter.version = 99
+        jitter.issuedAtMillis += 5000
+        jitter.inFlight = 3                                  // 2 → 3: same step of 4
+        jitter.providers[0].latencyMillis = 900              // latency is not material
+        jitter.providers[0].errorRate = 0.03                 // 0.01 → 0.03: same tenth
+        jitter.gpus[0].memoryUsedMB = 1020                   // 1000 → 1020 MB: same GiB
+        #expect(jitter.materialFingerprint == base.materialFingerprint)
+        var load = base
+        load.inFlight = 8
+        #expect(load.materialFingerprint != base.materialFingerprint)
+        var price = base
+        price.models[1].outputPer1M = 16
+        #expect(price.materialFingerprint != base.materialFingerprint)
+        var down = base
+        down.providers[0].up = false
+        #expect(down.materialFingerprint != base.materialFingerprint)
+        var memory = base
+        memory.gpus[0].memoryUsedMB = 2100                   // into the next GiB
+        #expect(memory.materialFingerprint != base.materialFingerprint)
+        var spend = base
+        spend.spend = [.init(key: "k", day: 1, amount: 0.5)]
+        #expect(spend.materialFingerprint != base.materialFingerprint)
+    }
+
     @Test func record_neverCarriesCredentials() {
         let text = String(decoding: Self.record(version: 1), as: UTF8.self)
         #expect(!text.contains("sk-"), "only names and prices travel")
