@@ -47,7 +47,9 @@ import Testing
         gate.add(cost: 0.2, nowMillis: now)
         let status = gate.status(nowMillis: now)
         #expect(!status.paidAllowed && status.reason?.contains("95") == true, "96 %: \(String(describing: status.reason))")
-        #expect(!gate.reserve(requestID: "r", maxCost: 0.01, nowMillis: now) || !status.paidAllowed)
+        // The hard limit still binds reservations: $9.60 spent, $0.50 more would pass $10.
+        #expect(!gate.reserve(requestID: "r", maxCost: 0.5, nowMillis: now))
+        #expect(gate.reserve(requestID: "r", maxCost: 0.3, nowMillis: now))
         // A new UTC day starts from zero.
         #expect(gate.status(nowMillis: now + 86_400_000).paidAllowed)
     }
