@@ -171,8 +171,15 @@ public final class NodeRuntime: Sendable {
     /// The HTTP port once listening (useful with port 0).
     public var port: Int? { state.withLock { $0.port } }
 
-    /// Waits until the API listens, and returns its port.
+    /// Waits until the API listens (and the mesh's sockets are bound, when there is a mesh), and
+    /// returns the API port.
     public func waitUntilListening() async throws -> Int {
+        let port = try await waitForAPI()
+        if let mesh { _ = try await mesh.waitUntilBound() }
+        return port
+    }
+
+    func waitForAPI() async throws -> Int {
         try await withCheckedThrowingContinuation { continuation in
             let ready: Result<Int, any Error>? = state.withLock { state in
                 if let port = state.port { return .success(port) }

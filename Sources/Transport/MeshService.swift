@@ -77,7 +77,7 @@ public final class MeshService: Service, Sendable {
     let group: any EventLoopGroup
     let udp: Mutex<(any Channel)?> = Mutex(nil)
     let tcp: Mutex<(any Channel)?> = Mutex(nil)
-    let boundPortBox: Mutex<Int?> = Mutex(nil)
+    let bound = Mutex<(port: Int?, failure: (any Error)?, waiters: [CheckedContinuation<Int, any Error>])>((nil, nil, []))
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
     let seenHops: Mutex<[String: Int64]> = Mutex([:])
     let origin = ContinuousClock.now
@@ -117,7 +117,32 @@ public final class MeshService: Service, Sendable {
     public func setRecordContent(_ content: @escaping RecordContent) { self.content.withLock { $0 = content } }
 
     public var nodeID: NodeID { identity.nodeID }
-    public var boundPort: Int? { boundPortBox.withLock { $0 } }
+    public var boundPort: Int? { bound.withLock { $0.port } }
+
+    /// Waits until the gossip sockets are bound and returns the port (or the reason they could not be).
+    public func waitUntilBound() async throws -> Int {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready: Result<Int, any Error>? = bound.withLock { state in
+                if let port = state.port { return .success(port) }
+                if let failure = state.failure { return .failure(failure) }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+
+    func settleBound(_ result: Result<Int, any Error>) {
+        let waiters = bound.withLock { state -> [CheckedContinuation<Int, any Error>] in
+            switch result {
+            case .success(let port): state.port = port
+            case .failure(let error): state.failure = error
+            }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
     var now: Duration { ContinuousClock.now - origin }
 
     // MARK: Lifecycle
@@ -135,11 +160,20 @@ public final class MeshService: Service, Sendable {
 
     /// Binds UDP and TCP and joins; `run()` calls it, tests may call it directly.
     public func start() async throws {
+        do {
+            try await bindAndJoin()
+        } catch {
+            settleBound(.failure(error))
+            throw error
+        }
+    }
+
+    func bindAndJoin() async throws {
         // UDP and TCP share one port. With port 0 the kernel picks the UDP port, and that number may
         // already be taken for TCP: try again with another.
         var attempt = 0
-        var bound: (udp: any Channel, tcp: any Channel, port: Int)?
-        while bound == nil {
+        var channels: (udp: any Channel, tcp: any Channel, port: Int)?
+        while channels == nil {
             attempt += 1
             let udpChannel = try await DatagramBootstrap(group: group)
                 .channelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -153,19 +187,19 @@ public final class MeshService: Service, Sendable {
                         channel.pipeline.addHandler(ByteToMessageHandler(FrameDecoder())).flatMap { channel.pipeline.addHandler(TCPServerHandler(service: self)) }
                     }
                     .bind(host: settings.listenHost, port: port).get()
-                bound = (udpChannel, tcpChannel, port)
+                channels = (udpChannel, tcpChannel, port)
             } catch {
                 try? await udpChannel.close()
                 guard settings.listenPort == 0, attempt < 20 else { throw error }
             }
         }
-        guard let (udpChannel, tcpChannel, port) = bound else { return }
+        guard let (udpChannel, tcpChannel, port) = channels else { return }
         udp.withLock { $0 = udpChannel }
         tcp.withLock { $0 = tcpChannel }
-        boundPortBox.withLock { $0 = port }
         if settings.advertise == nil && settings.listenPort == 0 {
             state.withLock { $0.agent.swim.readvertise(address: PeerAddress(host: $0.agent.swim.address.host, port: UInt16(port))) }
         }
+        settleBound(.success(port))
         readvertiseIfChanged(force: true)
         let seeds = (settings.seeds + (persistence?.knownPeers() ?? [])).filter { $0 != self.address }
         var unique: [PeerAddress] = []

@@ -74,7 +74,6 @@ struct DemoCommand: AsyncParsableCommand {
             let task = Task { try await runtime.run(handleSignals: false) }
             let port = try await runtime.waitUntilListening()
             let base = "http://127.0.0.1:\(port)"
-            for _ in 0..<500 where runtime.mesh?.boundPort == nil { try await Task.sleep(for: .milliseconds(10)) }
             runtimes.append((runtime.configuration.node.id, runtime, task, base))
             return (runtime, base)
         }
@@ -87,12 +86,7 @@ struct DemoCommand: AsyncParsableCommand {
         do {
             let (gpu, gpuBase) = try await start("demo-gpu.yaml")
             // The others join through the GPU box's gossip port.
-            var seedPort: Int?
-            for _ in 0..<500 where seedPort == nil {
-                seedPort = gpu.mesh?.boundPort
-                if seedPort == nil { try await Task.sleep(for: .milliseconds(10)) }
-            }
-            environment["AIMESH_DEMO_GPU_GOSSIP"] = String(seedPort ?? 0)
+            environment["AIMESH_DEMO_GPU_GOSSIP"] = String(try await gpu.mesh?.waitUntilBound() ?? 0)
             let (_, edgeBase) = try await start("demo-edge.yaml")
             let (_, cloudBase) = try await start("demo-cloud.yaml")
             for entry in runtimes { print("  \(entry.name.padding(8)) API \(entry.base)   gossip 127.0.0.1:\(entry.runtime.mesh?.boundPort ?? 0)") }

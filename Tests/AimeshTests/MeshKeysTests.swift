@@ -19,8 +19,6 @@ struct MeshKeysTests {
         security:
           auth: { enabled: true }
         """, name: name, nodeExtra: "mesh: { enabled: true, listen_addr: \"127.0.0.1:0\"\(peers), trust: { mode: open, admin_public_key: \"\(admin.nodeID.hex)\" }, \(MeshForwardTests.fastMesh) }")
-        let deadline = ContinuousClock.now + .seconds(5)
-        while node.runtime.mesh?.boundPort == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         return node
     }
 

@@ -48,9 +48,6 @@ final class TestNode: Sendable {
         let runtime = try NodeRuntime(configuration: configuration, logger: logger)
         let task = Task { try await runtime.run(handleSignals: false) }
         let port = try await runtime.waitUntilListening()
-        // With a mesh, its sockets bind alongside the HTTP server: wait for them too.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while runtime.mesh != nil && runtime.mesh?.boundPort == nil && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         return TestNode(runtime: runtime, task: task, port: port, dataDir: dataDir)
     }
 
