@@ -61,7 +61,8 @@ public final class NodeRuntime: Sendable {
     /// The mesh service, when `node.mesh` is on.
     public let mesh: MeshService?
     let logger: Logger
-    private let state = Mutex<(port: Int?, waiters: [CheckedContinuation<Int, any Error>], group: ServiceGroup?, failed: (any Error)?)>((nil, [], nil, nil))
+    private let listening = Eventual<Int>()
+    private let group = Mutex<ServiceGroup?>(nil)
 
     public init(configuration: NodeConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -169,7 +170,7 @@ public final class NodeRuntime: Sendable {
     }
 
     /// The HTTP port once listening (useful with port 0).
-    public var port: Int? { state.withLock { $0.port } }
+    public var port: Int? { listening.current }
 
     /// Waits until the API listens (and the mesh's sockets are bound, when there is a mesh), and
     /// returns the API port.
@@ -179,17 +180,7 @@ public final class NodeRuntime: Sendable {
         return port
     }
 
-    func waitForAPI() async throws -> Int {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready: Result<Int, any Error>? = state.withLock { state in
-                if let port = state.port { return .success(port) }
-                if let failed = state.failed { return .failure(failed) }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
-        }
-    }
+    func waitForAPI() async throws -> Int { try await listening.value() }
 
     /// Runs until SIGTERM/SIGINT (when `handleSignals`) or `shutdown()`.
     public func run(handleSignals: Bool = true) async throws {
@@ -200,12 +191,7 @@ public final class NodeRuntime: Sendable {
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "aimesh", backlog: 1024),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? listen.port
-                let waiters = self.state.withLock { state -> [CheckedContinuation<Int, any Error>] in
-                    state.port = port
-                    defer { state.waiters = [] }
-                    return state.waiters
-                }
-                for waiter in waiters { waiter.resume(returning: port) }
+                self.listening.settle(.success(port))
                 // Now peers can be told where this node's API is.
                 self.mesh?.readvertise()
                 self.logger.notice("aimesh node listening", metadata: ["node.id": "\(self.configuration.node.id)", "api": "\(HostPort(host: listen.host, port: port))"])
@@ -228,23 +214,18 @@ public final class NodeRuntime: Sendable {
         if let mesh { services.append(.init(service: mesh)) }
         services.append(.init(service: app))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [], logger: logger))
-        state.withLock { $0.group = group }
+        self.group.withLock { $0 = group }
         do {
             try await group.run()
         } catch {
-            let waiters = state.withLock { state -> [CheckedContinuation<Int, any Error>] in
-                state.failed = error
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume(throwing: error) }
+            listening.settle(.failure(error))
             throw error
         }
     }
 
     /// Graceful shutdown: stop accepting, finish requests, flush the ledger.
     public func shutdown() async {
-        let group = state.withLock { $0.group }
+        let group = self.group.withLock { $0 }
         await group?.triggerGracefulShutdown()
     }
 }

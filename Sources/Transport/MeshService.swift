@@ -77,7 +77,7 @@ public final class MeshService: Service, Sendable {
     let group: any EventLoopGroup
     let udp: Mutex<(any Channel)?> = Mutex(nil)
     let tcp: Mutex<(any Channel)?> = Mutex(nil)
-    let bound = Mutex<(port: Int?, failure: (any Error)?, waiters: [CheckedContinuation<Int, any Error>])>((nil, nil, []))
+    let bound = Eventual<Int>()
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
     let seenHops: Mutex<[String: Int64]> = Mutex([:])
     let origin = ContinuousClock.now
@@ -117,32 +117,10 @@ public final class MeshService: Service, Sendable {
     public func setRecordContent(_ content: @escaping RecordContent) { self.content.withLock { $0 = content } }
 
     public var nodeID: NodeID { identity.nodeID }
-    public var boundPort: Int? { bound.withLock { $0.port } }
+    public var boundPort: Int? { bound.current }
 
     /// Waits until the gossip sockets are bound and returns the port (or the reason they could not be).
-    public func waitUntilBound() async throws -> Int {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready: Result<Int, any Error>? = bound.withLock { state in
-                if let port = state.port { return .success(port) }
-                if let failure = state.failure { return .failure(failure) }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
-        }
-    }
-
-    func settleBound(_ result: Result<Int, any Error>) {
-        let waiters = bound.withLock { state -> [CheckedContinuation<Int, any Error>] in
-            switch result {
-            case .success(let port): state.port = port
-            case .failure(let error): state.failure = error
-            }
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume(with: result) }
-    }
+    public func waitUntilBound() async throws -> Int { try await bound.value() }
     var now: Duration { ContinuousClock.now - origin }
 
     // MARK: Lifecycle
@@ -163,7 +141,7 @@ public final class MeshService: Service, Sendable {
         do {
             try await bindAndJoin()
         } catch {
-            settleBound(.failure(error))
+            bound.settle(.failure(error))
             throw error
         }
     }
@@ -199,7 +177,7 @@ public final class MeshService: Service, Sendable {
         if settings.advertise == nil && settings.listenPort == 0 {
             state.withLock { $0.agent.swim.readvertise(address: PeerAddress(host: $0.agent.swim.address.host, port: UInt16(port))) }
         }
-        settleBound(.success(port))
+        bound.settle(.success(port))
         readvertiseIfChanged(force: true)
         let seeds = (settings.seeds + (persistence?.knownPeers() ?? [])).filter { $0 != self.address }
         var unique: [PeerAddress] = []

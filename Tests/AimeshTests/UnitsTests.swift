@@ -22,3 +22,25 @@ import Testing
         #expect(Units.parseByteSize("10 parsecs") == nil)
     }
 }
+
+@Suite struct EventualTests {
+    struct Boom: Error {}
+
+    @Test func waitersGetTheFirstSettlement() async throws {
+        let port = Eventual<Int>()
+        #expect(port.current == nil)
+        async let waited = port.value()
+        port.settle(.success(7946))
+        port.settle(.success(1))  // too late
+        #expect(try await waited == 7946)
+        #expect(port.current == 7946)
+        #expect(try await port.value() == 7946)
+    }
+
+    @Test func aFailureReachesEveryWaiter() async {
+        let port = Eventual<Int>()
+        port.settle(.failure(Boom()))
+        await #expect(throws: Boom.self) { _ = try await port.value() }
+        #expect(port.current == nil)
+    }
+}
