@@ -224,7 +224,8 @@ enum MeshSetup {
     }
 
     /// `GET /aiproxy/mesh/table`: every record with this node's own view of its origin.
-    static func tableJSON(_ service: MeshService) -> JSON {
+    static func tableJSON(_ service: MeshService, board: RouteBoard? = nil) -> JSON {
+        let now = ContinuousClock.now
         let members = Dictionary(uniqueKeysWithValues: service.members().map { ($0.id, $0) })
         let rows: [JSON] = service.records().map { entry in
             let record = entry.record
@@ -248,6 +249,13 @@ enum MeshSetup {
             if let member = members[record.origin] {
                 observed["status"] = .string(peerStatus(member.status))
                 observed["rtt_ms"] = service.roundTrip(to: record.origin).map { .double($0.millisecondsRounded) } ?? .null
+                // How forwarding to it has gone from here (the route `peer/NAME` of this node's board).
+                if let forwards = board?.snapshot(of: "peer/\(record.name.isEmpty ? record.origin.short : record.name)", now: now) {
+                    observed["forwards"] = ["successes": .int(forwards.successes), "failures": .int(forwards.failures),
+                                            "error_rate": .double((forwards.errorRate * 1000).rounded() / 1000), "breaker": .string(forwards.breaker.name)]
+                } else {
+                    observed["forwards"] = ["successes": 0, "failures": 0, "error_rate": 0, "breaker": "closed"]
+                }
             } else if record.origin == service.nodeID {
                 observed["status"] = "self"
             } else {

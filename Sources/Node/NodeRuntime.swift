@@ -103,6 +103,8 @@ public final class NodeRuntime: Sendable {
         var meshKeyRequests: (@Sendable (String, UInt32) -> Int)?
         var meshReachability: (@Sendable () -> (unreachable: Bool, nodes: Int))?
         let selfName = configuration.node.name ?? configuration.node.id
+        // The gateway's route board (built just below) holds this node's forwarding record per peer.
+        let boardBox = Eventual<RouteBoard>()
         if let service = mesh {
             meshTopology = { MeshSetup.topologyJSON(service, selfName: selfName) }
             meshKeySubmit = { text in service.submitKey(text: text) }
@@ -135,7 +137,7 @@ public final class NodeRuntime: Sendable {
                 }
             }
             meshStatus = { MeshSetup.statusJSON(service) }
-            meshTable = { MeshSetup.tableJSON(service) }
+            meshTable = { MeshSetup.tableJSON(service, board: boardBox.current) }
             meshRevoke = { text in service.submitRevocation(text: text) }
         }
         let remote: MeshRoutes? = mesh.map { MeshRoutes(service: $0, client: client, maxHops: configuration.node.mesh.maxHops) }
@@ -145,6 +147,7 @@ public final class NodeRuntime: Sendable {
                               meshStatus: meshStatus, meshTable: meshTable, meshRevoke: meshRevoke, meshTopology: meshTopology, cache: cache, meshKeyLookup: meshKeyLookup,
                               meshKeySubmit: meshKeySubmit, meshKeySpend: meshKeySpend, adminCheck: adminCheck, meshKeyRequests: meshKeyRequests, meshReachability: meshReachability, initialSpend: spend)
         self.gateway = gateway
+        boardBox.settle(.success(gateway.board))
         // Per-key spend survives a restart: today's, from the ledger.
         if let ledger, let reader = try? LedgerReader(path: ledger.path) {
             let now = wallClockMillis()

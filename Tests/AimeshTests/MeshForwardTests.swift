@@ -57,6 +57,12 @@ struct MeshForwardTests {
             #expect(reply.header("x-aiproxy-route") == "a,c,local")
             #expect(info?["tokens"]?["estimated"]?.boolValue == false, "usage comes from the serving node")
 
+            // a's table joins c's record with a's own record of forwarding to it.
+            let table = try await a.get("/aiproxy/mesh/table").json
+            let cRow = try #require(table["records"]?.arrayValue?.first { $0["name"]?.stringValue == "c" })
+            #expect(cRow["observed"]?["forwards"]?["successes"]?.intValue == 1)
+            #expect(cRow["observed"]?["forwards"]?["failures"]?.intValue == 0)
+            #expect(cRow["observed"]?["status"]?.stringValue == "healthy")
             await a.gateway.ledger?.flush()
             await c.gateway.ledger?.flush()
             let atC = try #require(try LedgerReader(path: c.dataDir + "/ledger.sqlite").recent(limit: 1).first)
