@@ -60,6 +60,7 @@ public final class MockUpstream: Sendable {
         var recorded: [Recorded] = []
         var count = 0
         var connections = 0
+        var open = 0
         var keepRecords = 1000
     }
 
@@ -82,7 +83,8 @@ public final class MockUpstream: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                holder.mock.withLock { $0 }?.state.withLock { $0.connections += 1 }
+                holder.mock.withLock { $0 }?.state.withLock { $0.connections += 1; $0.open += 1 }
+                channel.closeFuture.whenComplete { _ in holder.mock.withLock { $0 }?.state.withLock { $0.open -= 1 } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(MockHTTPHandler(holder: holder, responder: responder, configuration: configuration))
@@ -114,6 +116,8 @@ public final class MockUpstream: Sendable {
     public var requestCount: Int { state.withLock { $0.count } }
     /// TCP connections accepted so far.
     public var connectionCount: Int { state.withLock { $0.connections } }
+    /// TCP connections open now.
+    public var activeConnections: Int { state.withLock { $0.open } }
     public var requests: [Recorded] { state.withLock { $0.recorded } }
     public var lastRequest: Recorded? { state.withLock { $0.recorded.last } }
 

@@ -2,6 +2,9 @@ import CurlHTTP
 import MeshCore
 import MockUpstream
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @Suite(.timeLimit(.minutes(1))) struct CurlClientTests {
     let client = CurlClient()
@@ -33,6 +36,19 @@ import Testing
             }
             let (head, _) = try await client.send(.post(url, json: chatBody("x").bytes))
             #expect(head.status == 200, "the client is fine afterwards")
+        }
+    }
+
+    @Test func proxyVariables_areHonoured_exceptForLoopback() async throws {
+        // The mock answers a proxy-form request line (`POST http://host/…`) like any other, so it can
+        // stand in for a proxy: a host that does not resolve is reachable only through it.
+        try await withMocks([.init(name: "proxy")]) { mocks in
+            setenv("http_proxy", mocks[0].baseURL, 1)
+            defer { unsetenv("http_proxy") }
+            let (head, body) = try await client.send(.post("http://upstream.invalid/v1/chat/completions", json: chatBody("x").bytes))
+            #expect(head.status == 200)
+            #expect(try JSONParser.parse(body)["choices"]?[0]?["message"]?["content"]?.stringValue == "Hello from proxy! You said: hello there")
+            #expect(mocks[0].lastRequest?.path.hasPrefix("http://upstream.invalid/") == true, "the request went through the proxy")
         }
     }
 

@@ -306,6 +306,27 @@ struct GatewayTests {
         }
     }
 
+    @Test func clientGoingAway_midStream_cancelsTheUpstreamAndIsRecorded() async throws {
+        try await withMocks([.init(name: "slow", eventInterval: .milliseconds(40))]) { mocks in
+            let node = try await TestNode.start(yaml: """
+            providers:
+              only: { type: local, base_url: \(mocks[0].baseURL)/v1, models: [ { name: m } ] }
+            """, name: "goaway")
+            defer { Task { await node.stop() } }
+            let words = (1...100).map { "w\($0)" }.joined(separator: " ")
+            let response = try await node.client.start(.post(node.base + "/v1/chat/completions", json: chatBody("m", words, stream: true).bytes))
+            #expect(try await response.next() != nil, "the stream started")
+            response.cancel()
+            // The node notices at its next write, stops reading the upstream and records the request.
+            #expect(try await eventually {
+                await node.gateway.ledger?.flush()
+                return try LedgerReader(path: node.dataDir + "/ledger.sqlite").recent(limit: 5).contains { $0.status == 499 && $0.outcome == "client_closed" }
+            }, "recorded as closed by the client")
+            // 100 words at 40 ms each would take 4 s; the upstream connection was let go long before.
+            #expect(try await eventually(.seconds(3)) { mocks[0].activeConnections == 0 }, "the upstream transfer was cancelled")
+        }
+    }
+
     // MARK: Bad input
 
     @Test func badInput_getsOpenAIErrorsWithTheRightStatus() async throws {
