@@ -233,4 +233,25 @@ struct ProcessTests {
         let (keygen, secret) = try await Child.run(["mesh", "keygen"])
         #expect(keygen == 0 && secret.trimmingCharacters(in: .whitespacesAndNewlines).count == 64)
     }
+
+    @Test func sigterm_leavesTheMeshGracefully() async throws {
+        let client = CurlClient()
+        defer { client.shutdown() }
+        let dir = temporaryDirectory("sigterm")
+        let (apiA, gossipA, apiB, gossipB) = (try freeLoopbackPort(), try freeLoopbackPort(), try freeLoopbackPort(), try freeLoopbackPort())
+        let a = try Child(["node", "--node-id", "a", "--api-listen", "127.0.0.1:\(apiA)", "--gossip-listen", "127.0.0.1:\(gossipA)", "--data-dir", dir + "/a", "--log-level", "error"])
+        defer { a.kill() }
+        let b = try Child(["node", "--node-id", "b", "--api-listen", "127.0.0.1:\(apiB)", "--gossip-listen", "127.0.0.1:\(gossipB)",
+                           "--peers", "127.0.0.1:\(gossipA)", "--data-dir", dir + "/b", "--log-level", "error"])
+        func peerStatus() async -> String? {
+            guard let (_, body) = try? await client.send(OutboundRequest(url: "http://127.0.0.1:\(apiA)/aiproxy/mesh/status")),
+                  let json = try? JSONParser.parse(body) else { return nil }
+            return json["peers"]?.arrayValue?.first { $0["id"]?.stringValue == "b" }?["status"]?.stringValue
+        }
+        #expect(await eventually { await peerStatus() == "healthy" })
+        b.kill(signal: SIGTERM)
+        #expect(b.process.terminationReason == .exit && b.process.terminationStatus == 0, "a clean exit on SIGTERM")
+        // "left" straight away, not "suspect" then "unreachable" seconds later.
+        #expect(await eventually(.seconds(2)) { await peerStatus() == "left" })
+    }
 }
