@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "Sodium", dependencies: ["CSodium"], swiftSettings: swiftSettings),
         .target(
             name: "CurlHTTP",
-            dependencies: ["CCurl", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["CCurl", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -109,6 +109,8 @@ let package = Package(
             dependencies: [
                 "Node", "NodeConfig", "MockUpstream", "CurlHTTP", "MeshCore", "MeshState", "Sodium", "MeshSim", "Membership",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings + [.swiftLanguageMode(.v5)]

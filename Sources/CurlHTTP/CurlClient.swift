@@ -1,4 +1,6 @@
 import CCurl
+import NIOCore
+import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -45,7 +47,7 @@ public final class CurlClient: Sendable {
     }
 
     /// Sends the request and returns the head with the whole body, refusing bodies above `maxBytes`.
-    /// The curl thread gathers the body and wakes the caller once, at the end — one thread hop
+    /// The engine gathers the body and wakes the caller once, at the end — one wake-up
     /// instead of one per head and chunk — so use it whenever nothing is streamed to a client.
     public func send(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws -> (ResponseHead, [UInt8]) {
         let transfer = try Transfer(request: request, engine: engine, wholeBodyLimit: maxBytes)
@@ -113,7 +115,7 @@ public final class OutboundResponse: Sendable, AsyncSequence {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(response: self) }
 }
 
-/// One transfer's state, shared between the curl thread and the task reading the body.
+/// One transfer's state, shared between the engine and the task reading the body.
 final class Transfer: @unchecked Sendable {
     struct State {
         var headContinuation: CheckedContinuation<ResponseHead, any Error>?
@@ -134,7 +136,7 @@ final class Transfer: @unchecked Sendable {
     let state = Mutex(State())
     unowned(unsafe) let engine: CurlEngine
     let request: OutboundRequest
-    // Owned by the curl thread only:
+    // Touched only inside the engine (holding its lock):
     var easy: UnsafeMutableRawPointer?
     var headerList: UnsafeMutablePointer<curl_slist>?
     var bodyPointer: UnsafeMutableRawPointer?
@@ -146,6 +148,10 @@ final class Transfer: @unchecked Sendable {
     var idleDeadline: ContinuousClock.Instant?
     var lastActivity: ContinuousClock.Instant
     let pauseAbove: Int
+    /// The event loop the caller runs on (when NIO is the executor): answers are handed back there, so
+    /// the waiting task wakes on the loop that owns its connection instead of any loop, and writes its
+    /// response without one more hop.
+    let homeLoop: (any EventLoop)?
     /// Set in whole-body mode: the most bytes the body may have.
     let wholeBodyLimit: Int?
 
@@ -160,6 +166,16 @@ final class Transfer: @unchecked Sendable {
         self.errorBuffer = .allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
         self.errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
         self.lastActivity = .now
+        self.homeLoop = MultiThreadedEventLoopGroup.currentEventLoop
+    }
+
+    /// Runs `resume` (a continuation's resumption) on the caller's event loop, or here when it has none.
+    private func handBack(_ resume: @escaping @Sendable () -> Void) {
+        if let homeLoop, !homeLoop.inEventLoop {
+            homeLoop.execute(resume)
+        } else {
+            resume()
+        }
     }
 
     deinit {
@@ -167,7 +183,7 @@ final class Transfer: @unchecked Sendable {
         bodyPointer?.deallocate()
     }
 
-    /// Asks the curl thread to end the transfer. Safe from any thread, any number of times.
+    /// Asks the engine to end the transfer. Safe from any thread, any number of times.
     func cancel() {
         let first = state.withLock { state -> Bool in
             if state.cancelRequested || state.finished != nil { return false }
@@ -225,7 +241,7 @@ final class Transfer: @unchecked Sendable {
         }
     }
 
-    // MARK: Called on the curl thread
+    // MARK: Called inside the engine
 
     /// Delivers body bytes; returns false when the transfer should pause.
     func deliver(_ bytes: [UInt8]) -> Bool {
@@ -251,7 +267,7 @@ final class Transfer: @unchecked Sendable {
             }
             return (nil, true)
         }
-        waiter?.resume(returning: bytes)
+        if let waiter { handBack { waiter.resume(returning: bytes) } }
         return keepGoing
     }
 
@@ -266,7 +282,7 @@ final class Transfer: @unchecked Sendable {
             defer { state.headContinuation = nil }
             return state.headContinuation
         }
-        continuation?.resume(returning: head)
+        if let continuation { handBack { continuation.resume(returning: head) } }
     }
 
     func finish(_ error: TransferError?) {
@@ -277,13 +293,15 @@ final class Transfer: @unchecked Sendable {
                 return (state.wholeContinuation, state.wholeBody, state.overLimit)
             }
             guard let waiter else { return }
+            let result: Result<(ResponseHead, [UInt8]), any Error>
             if overLimit {
-                waiter.resume(throwing: TransferError(kind: .tooLarge(limit: limit), phase: .duringBody, message: "response body larger than \(limit) bytes"))
+                result = .failure(TransferError(kind: .tooLarge(limit: limit), phase: .duringBody, message: "response body larger than \(limit) bytes"))
             } else if let error {
-                waiter.resume(throwing: error)
+                result = .failure(error)
             } else {
-                waiter.resume(returning: (ResponseHead(status: status, headers: headers), body))
+                result = .success((ResponseHead(status: status, headers: headers), body))
             }
+            handBack { waiter.resume(with: result) }
             return
         }
         let (headWaiter, bodyWaiter) = state.withLock { state -> (CheckedContinuation<ResponseHead, any Error>?, CheckedContinuation<[UInt8]?, any Error>?) in
@@ -295,15 +313,13 @@ final class Transfer: @unchecked Sendable {
             return (head, body)
         }
         if let headWaiter {
-            if let error {
-                headWaiter.resume(throwing: error)
-            } else {
-                // Completed without a final head (should not happen with HTTP): report what we have.
-                headWaiter.resume(returning: ResponseHead(status: status, headers: headers))
-            }
+            // Completed without a final head (should not happen with HTTP): report what we have.
+            let result: Result<ResponseHead, any Error> = error.map { .failure($0) } ?? .success(ResponseHead(status: status, headers: headers))
+            handBack { headWaiter.resume(with: result) }
         }
         if let bodyWaiter {
-            if let error { bodyWaiter.resume(throwing: error) } else { bodyWaiter.resume(returning: nil) }
+            let result: Result<[UInt8]?, any Error> = error.map { .failure($0) } ?? .success(nil)
+            handBack { bodyWaiter.resume(with: result) }
         }
     }
 }

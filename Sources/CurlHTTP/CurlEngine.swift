@@ -9,7 +9,11 @@ import Darwin
 
 private let curlGlobalInit: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
 
-/// The thread that owns the multi handle. Other threads talk to it only through `submit(_:)`.
+/// Drives one curl multi handle with `curl_multi_socket_action`. Whoever holds the engine lock may call into
+/// curl: a task that submits a request starts it at once on its own thread (on an event loop, the
+/// request is on the wire before the task suspends, with no thread hop), and the engine's thread waits in
+/// `epoll` on curl's sockets to pick up the responses. The thread is woken (eventfd) only when it must
+/// wake earlier than it planned: shutdown, or a new timer or deadline before its current one.
 final class CurlEngine: @unchecked Sendable {
     enum Command {
         case add(Transfer)
@@ -20,19 +24,43 @@ final class CurlEngine: @unchecked Sendable {
     let configuration: CurlClient.Configuration
     private let multi: UnsafeMutableRawPointer
     private let commands = Mutex<(queue: [Command], shutdown: Bool)>(([], false))
-    // Curl thread only:
-    private var active: [UnsafeMutableRawPointer: Transfer] = [:]
+    private let epoll: Int32
+    private let wakeFD: Int32
     private let noProxy: String
     private var thread: pthread_t?
+    // Guarded by `lock` (and every call into `multi` is made holding it):
+    private let lock = EngineLock()
+    private var active: [UnsafeMutableRawPointer: Transfer] = [:]
+    private var watched: Set<Int32> = []
+    private var timerDeadline: ContinuousClock.Instant?
+    /// When the engine thread will next wake by itself.
+    private var sleepingUntil: ContinuousClock.Instant = .now
+    private var closed = false
 
     init(configuration: CurlClient.Configuration) {
         precondition(curlGlobalInit, "curl_global_init failed")
         self.configuration = configuration
         self.multi = curl_multi_init()!
+        self.epoll = aimesh_epoll_create()
+        self.wakeFD = aimesh_eventfd()
+        precondition(epoll >= 0 && wakeFD >= 0, "could not create the curl engine's epoll or eventfd")
+        _ = aimesh_epoll_watch(epoll, wakeFD, CURL_POLL_IN, 0)
         _ = aimesh_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, configuration.maxCachedConnections)
         // Loopback never goes through a proxy; everything else honours http(s)_proxy and no_proxy.
         let env = getenv("no_proxy").map { String(cString: $0) } ?? getenv("NO_PROXY").map { String(cString: $0) } ?? ""
         self.noProxy = ([env] + ["localhost", "127.0.0.1", "::1"]).filter { !$0.isEmpty }.joined(separator: ",")
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        _ = aimesh_curl_multi_setopt_socket_callback(multi) { _, socket, what, client, _ in
+            Unmanaged<CurlEngine>.fromOpaque(client!).takeUnretainedValue().watch(socket, what: what)
+            return 0
+        }
+        _ = aimesh_curl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, me)
+        _ = aimesh_curl_multi_setopt_timer_callback(multi) { _, milliseconds, client in
+            let engine = Unmanaged<CurlEngine>.fromOpaque(client!).takeUnretainedValue()
+            engine.timerDeadline = milliseconds < 0 ? nil : .now + .milliseconds(milliseconds)
+            return 0
+        }
+        _ = aimesh_curl_multi_setopt_pointer(multi, CURLMOPT_TIMERDATA, me)
         startThread()
     }
 
@@ -49,16 +77,33 @@ final class CurlEngine: @unchecked Sendable {
         self.thread = thread
     }
 
+    /// Queues the command and, unless another thread is inside the engine (it will see the command before
+    /// it lets go), carries it out at once on the calling thread.
     func submit(_ command: Command) {
         let accepted = commands.withLock { state -> Bool in
             if state.shutdown { return false }
             state.queue.append(command)
             return true
         }
-        if accepted {
-            curl_multi_wakeup(multi)
-        } else if case .add(let transfer) = command {
-            transfer.finish(TransferError(kind: .shutdown, phase: .beforeResponse, message: "the HTTP client is shut down"))
+        guard accepted else {
+            if case .add(let transfer) = command {
+                transfer.finish(TransferError(kind: .shutdown, phase: .beforeResponse, message: "the HTTP client is shut down"))
+            }
+            return
+        }
+        while lock.tryLock() {
+            if closed {
+                failQueued()
+            } else {
+                service(ready: 0, fds: nil, flags: nil)
+                let next = nextWake()
+                if next < sleepingUntil {
+                    sleepingUntil = next
+                    aimesh_eventfd_signal(wakeFD)
+                }
+            }
+            lock.unlock()
+            if commands.withLock({ $0.queue.isEmpty }) { return }
         }
     }
 
@@ -68,33 +113,91 @@ final class CurlEngine: @unchecked Sendable {
             return state.shutdown
         }
         guard !already else { return }
-        curl_multi_wakeup(multi)
+        aimesh_eventfd_signal(wakeFD)
         if let thread { pthread_join(thread, nil) }
+        lock.lock()
+        failQueued()
         curl_multi_cleanup(multi)
+        close(epoll)
+        close(wakeFD)
+        lock.unlock()
     }
 
-    // MARK: The loop
+    // MARK: Inside the engine (holding the lock)
 
     private func run() {
+        var fds = [Int32](repeating: 0, count: 64)
+        var flags = [Int32](repeating: 0, count: 64)
+        var ready: Int32 = 0
         while true {
-            let (batch, stopping) = commands.withLock { state -> ([Command], Bool) in
-                defer { state.queue.removeAll(keepingCapacity: true) }
-                return (state.queue, state.shutdown)
-            }
-            for command in batch { handle(command) }
-            if stopping {
+            lock.lock()
+            if commands.withLock({ $0.shutdown }) {
                 for transfer in Array(active.values) {
                     complete(transfer, error: TransferError(kind: .shutdown, phase: transfer.headSeen ? .duringBody : .beforeResponse, message: "the HTTP client is shut down"))
                 }
+                closed = true
+                lock.unlock()
                 return
             }
-            var running: Int32 = 0
-            curl_multi_perform(multi, &running)
-            readCompletions()
-            let waitMillis = enforceDeadlines()
-            if !commands.withLock({ !$0.queue.isEmpty || $0.shutdown }) {
-                curl_multi_poll(multi, nil, 0, Int32(waitMillis), nil)
+            fds.withUnsafeMutableBufferPointer { fds in
+                flags.withUnsafeMutableBufferPointer { flags in service(ready: Int(ready), fds: fds.baseAddress, flags: flags.baseAddress) }
             }
+            let next = nextWake()
+            sleepingUntil = next
+            lock.unlock()
+            ready = 0
+            if !commands.withLock({ $0.queue.isEmpty && !$0.shutdown }) { continue }
+            let now = ContinuousClock.now
+            let timeout = next <= now ? 0 : Int32(clamping: (next - now).milliseconds + 1)
+            ready = aimesh_epoll_wait(epoll, &fds, &flags, 64, timeout)
+        }
+    }
+
+    /// Carries out queued commands, the sockets epoll reported, and curl's due timer; hands finished
+    /// transfers back to their callers.
+    private func service(ready: Int, fds: UnsafeMutablePointer<Int32>?, flags: UnsafeMutablePointer<Int32>?) {
+        let batch = commands.withLock { state -> [Command] in
+            defer { state.queue.removeAll(keepingCapacity: true) }
+            return state.queue
+        }
+        for command in batch { handle(command) }
+        var running: Int32 = 0
+        if let fds, let flags {
+            for index in 0..<ready {
+                if fds[index] == wakeFD {
+                    aimesh_eventfd_drain(wakeFD)
+                } else {
+                    curl_multi_socket_action(multi, fds[index], flags[index], &running)
+                }
+            }
+        }
+        // curl asks for a 0 ms timer when it has work to do right away (a handle just added, an unpause).
+        var rounds = 0
+        while let deadline = timerDeadline, deadline <= .now, rounds < 16 {
+            timerDeadline = nil
+            curl_multi_socket_action(multi, aimesh_curl_socket_timeout(), 0, &running)
+            rounds += 1
+        }
+        readCompletions()
+    }
+
+    /// Called by curl (inside `socket_action`) to say which sockets to wait on.
+    private func watch(_ socket: curl_socket_t, what: Int32) {
+        if what == CURL_POLL_REMOVE {
+            if watched.remove(socket) != nil { _ = aimesh_epoll_watch(epoll, socket, what, 1) }
+        } else {
+            _ = aimesh_epoll_watch(epoll, socket, what, watched.contains(socket) ? 1 : 0)
+            watched.insert(socket)
+        }
+    }
+
+    private func failQueued() {
+        let batch = commands.withLock { state -> [Command] in
+            defer { state.queue.removeAll() }
+            return state.queue
+        }
+        for case .add(let transfer) in batch {
+            transfer.finish(TransferError(kind: .shutdown, phase: .beforeResponse, message: "the HTTP client is shut down"))
         }
     }
 
@@ -205,18 +308,20 @@ final class CurlEngine: @unchecked Sendable {
         }
     }
 
-    /// Fails transfers past their first-byte or idle deadline; returns how long the loop may sleep.
-    private func enforceDeadlines() -> Int {
-        var wait = 1000
-        guard !active.isEmpty else { return wait }
+    /// Fails transfers past their first-byte or idle deadline; returns when the engine must next look:
+    /// curl's timer, the nearest deadline, or a second from now at the latest.
+    private func nextWake() -> ContinuousClock.Instant {
         let now = ContinuousClock.now
+        var wake = now + .seconds(1)
+        if let timerDeadline { wake = min(wake, timerDeadline) }
+        guard !active.isEmpty else { return wake }
         for transfer in Array(active.values) {
             if !transfer.headSeen, let deadline = transfer.firstByteDeadline {
                 if now >= deadline {
                     complete(transfer, error: TransferError(kind: .firstByteTimeout, phase: .beforeResponse, message: "no response within \(Self.format(transfer.request.timeouts.firstByte!))"))
                     continue
                 }
-                wait = min(wait, Int((deadline - now).milliseconds) + 1)
+                wake = min(wake, deadline)
             }
             if transfer.headSeen, let idle = transfer.request.timeouts.idle {
                 let paused = transfer.state.withLock { $0.paused }
@@ -226,10 +331,10 @@ final class CurlEngine: @unchecked Sendable {
                     complete(transfer, error: TransferError(kind: .idleTimeout, phase: .duringBody, message: "the response stalled for \(Self.format(idle))"))
                     continue
                 }
-                wait = min(wait, Int((deadline - now).milliseconds) + 1)
+                wake = min(wake, deadline)
             }
         }
-        return max(wait, 1)
+        return wake
     }
 
     private func complete(_ transfer: Transfer, error: TransferError?) {
@@ -299,6 +404,23 @@ final class CurlEngine: @unchecked Sendable {
         }
         return out
     }
+}
+
+/// A plain mutex with `tryLock` (the engine is entered by whichever thread gets there first).
+final class EngineLock: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+    }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+    func lock() { pthread_mutex_lock(mutex) }
+    func tryLock() -> Bool { pthread_mutex_trylock(mutex) == 0 }
+    func unlock() { pthread_mutex_unlock(mutex) }
 }
 
 extension Duration {

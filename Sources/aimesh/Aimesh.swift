@@ -1,6 +1,26 @@
 import ArgumentParser
+import Dispatch
+import Foundation
+import NIOCore
+import NIOPosix
 
+/// The entry point. Before any Swift concurrency code runs, NIO's event loops become the global executor,
+/// so a request's handler runs on the event loop thread that read it: no hop from NIO to Swift
+/// concurrency's own pool and back for every request (`AIMESH_NIO_EXECUTOR=0` turns this off, to compare).
 @main
+enum Entry {
+    static func main() {
+        if ProcessInfo.processInfo.environment["AIMESH_NIO_EXECUTOR"] != "0" {
+            NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        }
+        Task {
+            await Aimesh.main()
+            exit(0)
+        }
+        dispatchMain()
+    }
+}
+
 struct Aimesh: AsyncParsableCommand {
     static let version = "0.1.0"
 
