@@ -240,7 +240,9 @@ final class CurlEngine: @unchecked Sendable {
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_NOSIGNAL, 1)
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
-        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_PIPEWAIT, 1)
+        // Over TLS, wait for a connection that can multiplex (HTTP/2) rather than open another. Cleartext
+        // HTTP/1.1 never multiplexes, and waiting there queued a burst of streams behind each other.
+        if request.url.hasPrefix("https://") { _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_PIPEWAIT, 1) }
         _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_NOPROXY, noProxy)
         _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_USERAGENT, configuration.userAgent)
         _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, transfer.errorBuffer)

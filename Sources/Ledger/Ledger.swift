@@ -152,7 +152,9 @@ public final class Ledger: Sendable {
             let sequence = state.nextSequence
             state.nextSequence += 1
             state.pending.append((sequence, entry))
-            return (sequence, state.pending.count >= maxBatch)
+            // Wake the writer for the first entry of a batch (it sleeps untimed while there is nothing to
+            // write) and when a batch is full.
+            return (sequence, state.pending.count == 1 || state.pending.count >= maxBatch)
         }
         if wake { condition.signal() }
         return sequence
@@ -225,8 +227,9 @@ public final class Ledger: Sendable {
         let intervalMicros = max(1000, Int(flushInterval.components.seconds * 1_000_000 + flushInterval.components.attoseconds / 1_000_000_000_000))
         while true {
             let stopping = state.withLock { $0.stopping }
-            let hasWaiters = state.withLock { !$0.waiters.isEmpty }
-            if !stopping && !hasWaiters { condition.wait(microseconds: intervalMicros) }
+            let (hasWaiters, idle) = state.withLock { (!$0.waiters.isEmpty, $0.pending.isEmpty) }
+            // Idle: sleep until the next entry arrives. Otherwise give the batch up to the flush interval to fill.
+            if !stopping && !hasWaiters { condition.wait(microseconds: idle ? nil : intervalMicros) }
             let batch = state.withLock { state -> [(sequence: UInt64, entry: LedgerEntry)] in
                 let batch = state.pending
                 state.pending.removeAll(keepingCapacity: true)
@@ -291,7 +294,7 @@ public final class Ledger: Sendable {
     }
 }
 
-/// A pthread condition variable with a timed wait.
+/// A pthread condition variable with an optional timeout.
 final class ConditionBox: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var condition = pthread_cond_t()
@@ -314,9 +317,11 @@ final class ConditionBox: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
     }
 
-    func wait(microseconds: Int) {
+    func wait(microseconds: Int?) {
         pthread_mutex_lock(&mutex)
-        if !signalled {
+        if !signalled, microseconds == nil {
+            while !signalled { pthread_cond_wait(&condition, &mutex) }
+        } else if !signalled, let microseconds {
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)
             var deadline = timespec()

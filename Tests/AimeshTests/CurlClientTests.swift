@@ -68,6 +68,32 @@ import Glibc
         }
     }
 
+    /// A burst of streams to one cleartext upstream opens a connection each; none waits for another's
+    /// connection to come free (it once did: with PIPEWAIT, most of a burst queued behind the first streams).
+    @Test func burstOfStreams_allOpenAtOnce() async throws {
+        try await withMocks([.init(name: "m", eventInterval: .seconds(1))]) { mocks in
+            let count = 30
+            let url = mocks[0].baseURL + "/v1/chat/completions"
+            let body = chatBody("x", stream: true).bytes
+            let heads = try await withThrowingTaskGroup(of: OutboundResponse?.self) { group -> [OutboundResponse] in
+                for _ in 0..<count { group.addTask { try await client.start(.post(url, json: body)) } }
+                // Every stream lasts about 9 s: if heads queue behind whole streams, give up long before.
+                group.addTask { try await Task.sleep(for: .seconds(8)); return nil }
+                var heads: [OutboundResponse] = []
+                for try await head in group {
+                    guard let head else { break }
+                    heads.append(head)
+                    if heads.count == count { break }
+                }
+                group.cancelAll()
+                return heads
+            }
+            #expect(heads.count == count, "every stream's head arrived while the others were still open")
+            #expect(mocks[0].activeConnections == count, "one upstream connection per open stream")
+            for head in heads { head.cancel() }
+        }
+    }
+
     @Test func firstByteTimeout_failsBeforeAnyResponse() async throws {
         try await withMocks([.init(name: "m")]) { mocks in
             mocks[0].enqueue(.delay(.seconds(30)))
