@@ -94,7 +94,11 @@ enum MeshSetup {
         }
         return MeshService(identity: identity, certificate: certificateBytes, trust: trust, settings: settings, persistence: persistence, logger: logger,
                            onRejection: { reason in metrics.counter("aimesh_gossip_rejected_total", [("reason", reason)]).increment() },
-                           onEvent: { event, _ in metrics.counter("aimesh_mesh_events_total", [("event", event)]).increment() })
+                           onEvent: { event, _ in metrics.counter("aimesh_mesh_events_total", [("event", event)]).increment() },
+                           onTraffic: { transport, direction, bytes in
+                               metrics.counter("aimesh_gossip_bytes_total", [("transport", transport), ("direction", direction)]).increment(by: Int64(bytes))
+                               metrics.counter("aimesh_gossip_packets_total", [("transport", transport), ("direction", direction)]).increment()
+                           })
     }
 
     /// What this node advertises: its models with prices, providers' health (never credentials), load, GPUs.
