@@ -89,6 +89,8 @@ public final class Ledger: Sendable {
         var stopped = false
         var failures = 0
         var waiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
+        /// The writer sleeps until the next entry (set by the writer, cleared by the entry that wakes it).
+        var writerIdle = false
     }
 
     public static let schemaVersion = 1
@@ -152,9 +154,14 @@ public final class Ledger: Sendable {
             let sequence = state.nextSequence
             state.nextSequence += 1
             state.pending.append((sequence, entry))
-            // Wake the writer for the first entry of a batch (it sleeps untimed while there is nothing to
-            // write) and when a batch is full.
-            return (sequence, state.pending.count == 1 || state.pending.count >= maxBatch)
+            // Wake the writer when it sleeps with nothing to write, and when a batch is full. While it gathers
+            // a batch (the flush interval), further entries do not cut that short.
+            if state.pending.count >= maxBatch { return (sequence, true) }
+            if state.writerIdle {
+                state.writerIdle = false
+                return (sequence, true)
+            }
+            return (sequence, false)
         }
         if wake { condition.signal() }
         return sequence
@@ -227,9 +234,18 @@ public final class Ledger: Sendable {
         let intervalMicros = max(1000, Int(flushInterval.components.seconds * 1_000_000 + flushInterval.components.attoseconds / 1_000_000_000_000))
         while true {
             let stopping = state.withLock { $0.stopping }
-            let (hasWaiters, idle) = state.withLock { (!$0.waiters.isEmpty, $0.pending.isEmpty) }
+            let (hasWaiters, idle) = state.withLock { state -> (Bool, Bool) in
+                state.writerIdle = state.pending.isEmpty
+                return (!state.waiters.isEmpty, state.pending.isEmpty)
+            }
             // Idle: sleep until the next entry arrives. Otherwise give the batch up to the flush interval to fill.
-            if !stopping && !hasWaiters { condition.wait(microseconds: idle ? nil : intervalMicros) }
+            if !stopping && !hasWaiters {
+                if idle {
+                    condition.wait(microseconds: nil)
+                    continue  // the first entry arrived: now gather its batch
+                }
+                condition.wait(microseconds: intervalMicros)
+            }
             let batch = state.withLock { state -> [(sequence: UInt64, entry: LedgerEntry)] in
                 let batch = state.pending
                 state.pending.removeAll(keepingCapacity: true)
