@@ -10,6 +10,9 @@ import NIOPosix
 @main
 enum Entry {
     static func main() {
+        if let loops = ProcessInfo.processInfo.environment["AIMESH_EVENT_LOOPS"].flatMap(Int.init), loops > 0 {
+            NIOSingletons.groupLoopCountSuggestion = loops
+        }
         if ProcessInfo.processInfo.environment["AIMESH_NIO_EXECUTOR"] != "0" {
             NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
