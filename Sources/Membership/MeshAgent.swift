@@ -18,6 +18,13 @@ public struct AgentSettings: Sendable {
     public var joinFollowUp: Duration = .seconds(2)
     /// First retry of unanswered seeds; doubles up to `pushPullInterval`.
     public var seedRetry: Duration = .seconds(1)
+    /// How often to try one member lost to failure (dead, or reaped after dying; never one that left)
+    /// with a push-pull: what heals a partition once the cut is gone, from either side.
+    public var reconnectInterval: Duration = .seconds(1)
+    /// How long a lost member is tried before it is given up.
+    public var reconnectTimeout: Duration = .seconds(6 * 3600)
+    /// At most this many lost members are remembered for reconnecting (the oldest are dropped).
+    public var maxLost: Int = 1024
     public init() {}
 }
 
@@ -45,6 +52,9 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
     var nextSeedAttemptAt: Duration?
     var seedBackoff: Duration = .zero
     var followUpAt: Duration?
+    var nextReconnectAt: Duration = .zero
+    /// Addresses of members lost to failure, with when they were first seen dead.
+    public private(set) var lost: [PeerAddress: Duration] = [:]
 
     public init(swim: Swim, store: Store, settings: AgentSettings = AgentSettings(), seed: UInt64) {
         self.swim = swim
@@ -90,7 +100,32 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
             let live = Set(swim.liveMembers.map(\.address))
             out += seeds.filter { !live.contains($0) }.map { .pushPull(to: $0) }
         }
+        if now >= nextReconnectAt {
+            nextReconnectAt = now + settings.reconnectInterval
+            if let target = pickLost(now: now) { out.append(.pushPull(to: target)) }
+        }
         return out
+    }
+
+    /// Refreshes the lost list (dead members join it; members alive again, those that left, and the
+    /// expired leave it) and picks one at random.
+    mutating func pickLost(now: Duration) -> PeerAddress? {
+        var leftOrLive = Set<PeerAddress>()
+        for member in swim.members.values {
+            switch member.status {
+            case .dead:
+                if lost[member.address] == nil { lost[member.address] = now }
+            case .left, .alive, .suspect:
+                leftOrLive.insert(member.address)
+            }
+        }
+        lost = lost.filter { !leftOrLive.contains($0.key) && now - $0.value < settings.reconnectTimeout }
+        if lost.count > settings.maxLost {
+            for (address, _) in lost.sorted(by: { $0.value < $1.value }).prefix(lost.count - settings.maxLost) { lost[address] = nil }
+        }
+        guard !lost.isEmpty else { return nil }
+        let candidates = lost.keys.sorted { $0.description < $1.description }
+        return candidates[Int(random.next() % UInt64(candidates.count))]
     }
 
     mutating func randomLiveMember() -> Member? {
@@ -103,6 +138,7 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
         var next = min(swim.nextDeadline, nextPushPullAt)
         if let due = nextSeedAttemptAt, !joined { next = min(next, due) }
         if let due = followUpAt { next = min(next, due) }
+        next = min(next, nextReconnectAt)
         return next
     }
 

@@ -510,6 +510,13 @@ public struct Swim: Sendable {
             case .dead, .left:
                 // A peer's verdict is news only about members this node already knows.
                 if state.alive.node != me, members[state.alive.node] == nil { continue }
+                if state.status == .dead, state.alive.node != me {
+                    // Someone else's "dead" may be stale (the far side of a healed partition): suspect
+                    // instead, so a member that is in fact alive can refute before it is dropped (memberlist
+                    // does the same).
+                    suspect(Accusation(node: state.alive.node, incarnation: state.alive.incarnation, from: me), now: now, into: &out, confirming: false)
+                    continue
+                }
                 let from = state.status == .left ? state.alive.node : me
                 declareDead(Accusation(node: state.alive.node, incarnation: state.alive.incarnation, from: from), now: now, into: &out)
             }

@@ -75,7 +75,7 @@ public final class MeshService: Service, Sendable {
     let persistence: MeshPersistence?
     let content: Mutex<RecordContent?> = Mutex(nil)
     let group: any EventLoopGroup
-    let udp: Mutex<(any Channel)?> = Mutex(nil)
+    let udp: Mutex<DatagramSocket?> = Mutex(nil)
     let tcp: Mutex<(any Channel)?> = Mutex(nil)
     let bound = Eventual<Int>()
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
@@ -154,14 +154,12 @@ public final class MeshService: Service, Sendable {
         // UDP and TCP share one port. With port 0 the kernel picks the UDP port, and that number may
         // already be taken for TCP: try again with another.
         var attempt = 0
-        var channels: (udp: any Channel, tcp: any Channel, port: Int)?
+        var channels: (udp: DatagramSocket, tcp: any Channel, port: Int)?
         while channels == nil {
             attempt += 1
-            let udpChannel = try await DatagramBootstrap(group: group)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .channelInitializer { channel in channel.pipeline.addHandler(UDPHandler(service: self)) }
-                .bind(host: settings.listenHost, port: settings.listenPort).get()
-            let port = udpChannel.localAddress?.port ?? settings.listenPort
+            let address = try SocketAddress.makeAddressResolvingHost(settings.listenHost, port: settings.listenPort)
+            let udpSocket = try DatagramSocket(host: address.ipAddress ?? settings.listenHost, port: settings.listenPort)
+            let port = udpSocket.port
             do {
                 let tcpChannel = try await ServerBootstrap(group: group)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -169,14 +167,15 @@ public final class MeshService: Service, Sendable {
                         channel.pipeline.addHandler(ByteToMessageHandler(FrameDecoder())).flatMap { channel.pipeline.addHandler(TCPServerHandler(service: self)) }
                     }
                     .bind(host: settings.listenHost, port: port).get()
-                channels = (udpChannel, tcpChannel, port)
+                channels = (udpSocket, tcpChannel, port)
             } catch {
-                try? await udpChannel.close()
+                udpSocket.close()
                 guard settings.listenPort == 0, attempt < 20 else { throw error }
             }
         }
-        guard let (udpChannel, tcpChannel, port) = channels else { return }
-        udp.withLock { $0 = udpChannel }
+        guard let (udpSocket, tcpChannel, port) = channels else { return }
+        udp.withLock { $0 = udpSocket }
+        udpSocket.start { [weak self] bytes, source in self?.receive(datagram: bytes, source: source) }
         tcp.withLock { $0 = tcpChannel }
         if settings.advertise == nil && settings.listenPort == 0 {
             state.withLock { $0.agent.swim.readvertise(address: PeerAddress(host: $0.agent.swim.address.host, port: UInt16(port))) }
@@ -195,6 +194,9 @@ public final class MeshService: Service, Sendable {
     }
 
     public var address: PeerAddress { state.withLock { $0.agent.swim.address } }
+
+    /// Datagrams the kernel refused to send (a firewall rule, no route): dropped like lost packets.
+    public var udpSendFailures: Int { udp.withLock { $0 }?.sendFailures.load(ordering: .relaxed) ?? 0 }
 
     /// Ticks the agent until `stop()` or `leave()` (what `run()` does after `start()`).
     public func runLoop() async {
@@ -228,15 +230,16 @@ public final class MeshService: Service, Sendable {
     public func leave() async {
         stopping.store(true, ordering: .relaxed)
         let outputs = state.withLock { $0.agent.swim.leave(now: self.now) }
-        // Wait until the goodbyes are written, then the socket may close.
+        // The goodbyes are written before this returns (sendto), so the socket may close after.
         for case .send(let to, let messages) in outputs {
-            try? await sendDatagram(messages, to: to)?.get()
+            sendDatagram(messages, to: to)
         }
     }
 
     public func stop() async {
         stopping.store(true, ordering: .relaxed)
-        let channels = [udp.withLock { $0 }, tcp.withLock { $0 }].compactMap { $0 }
+        udp.withLock { $0 }?.close()
+        let channels = [tcp.withLock { $0 }].compactMap { $0 }
         for channel in channels { try? await channel.close() }
         persistence?.close()
     }
@@ -440,15 +443,14 @@ public final class MeshService: Service, Sendable {
         }
     }
 
-    /// Signs (and seals) and sends one datagram; the future completes once it is written.
+    /// Signs (and seals) and sends one datagram. False when it could not be sent (no socket, an
+    /// unresolvable address, or the kernel refused it: a lost datagram, as far as SWIM is concerned).
     @discardableResult
-    func sendDatagram(_ messages: [MeshMessage], to peer: PeerAddress) -> EventLoopFuture<Void>? {
-        guard let channel = udp.withLock({ $0 }), let address = resolve(peer) else { return nil }
+    func sendDatagram(_ messages: [MeshMessage], to peer: PeerAddress) -> Bool {
+        guard let socket = udp.withLock({ $0 }), let address = resolve(peer) else { return false }
         let packet = Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first)
-        var buffer = channel.allocator.buffer(capacity: packet.count)
-        buffer.writeBytes(packet)
         onTraffic("udp", "sent", packet.count)
-        return channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer))
+        return socket.send(packet, to: address)
     }
 
     func resolve(_ peer: PeerAddress) -> SocketAddress? {
@@ -648,23 +650,6 @@ extension SocketAddress {
 }
 
 // MARK: NIO handlers
-
-final class UDPHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    let service: MeshService
-    init(service: MeshService) { self.service = service }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = unwrapInboundIn(data)
-        guard let source = envelope.remoteAddress.peerAddress else { return }
-        let bytes = Array(envelope.data.readableBytesView)
-        service.receive(datagram: bytes, source: source)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // ICMP port unreachable and the like: nothing to do for a datagram socket.
-    }
-}
 
 /// Splits the TCP stream into frames (u32 length, bounded).
 struct FrameDecoder: ByteToMessageDecoder {

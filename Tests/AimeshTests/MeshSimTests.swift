@@ -87,26 +87,30 @@ struct MeshSimTests {
         #expect((spread ?? .seconds(99)) < .seconds(3), "spread took \(String(describing: spread))")
     }
 
-    @Test func partition_thenHeal_reconverges() async {
-        let (sim, splitConverged, view0of7, view8of2) = await offThePool { () -> (MeshSimulation, Bool, MemberStatus?, MemberStatus?) in
-            var settings = SimSettings(nodes: 10, seed: 5)
-            settings.agent.pushPullInterval = .seconds(5)
-            let sim = MeshSimulation(settings)
+    /// A split longer than the time dead members are remembered (30 s), with the default 30 s push-pull:
+    /// after the heal, the halves find each other within 5 s (each side tries one lost member a second).
+    @Test func partition_thenHeal_reconvergesWithinFiveSeconds() async {
+        let (sim, splitConverged, view0of7, view8of2, healedIn) = await offThePool { () -> (MeshSimulation, Bool, MemberStatus?, MemberStatus?, Int?) in
+            let sim = MeshSimulation(SimSettings(nodes: 10, seed: 5))
             sim.bootstrap()
             sim.run(for: .seconds(3))
             let converged = sim.converged()
             sim.partition([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
-            sim.run(for: .seconds(30))
+            sim.run(for: .seconds(60))
             let a = sim.view(of: 0)[7], b = sim.view(of: 8)[2]
             sim.heal()
-            // Dead members are still gossiped to for a while and push-pull reconnects the halves.
-            sim.run(for: .seconds(40))
-            return (sim, converged, a, b)
+            var healedIn: Int?
+            for step in 1...50 where healedIn == nil {
+                sim.run(for: .milliseconds(100))
+                if sim.converged() { healedIn = step * 100 }
+            }
+            return (sim, converged, a, b, healedIn)
         }
         #expect(splitConverged)
         #expect(view0of7 != .alive, "each side gave up on the other")
         #expect(view8of2 != .alive)
-        #expect(sim.converged(), "the halves found each other again")
+        #expect(healedIn != nil, "the halves found each other again within 5 s of the heal")
+        #expect(sim.converged())
     }
 
     @Test func restartedNode_rejoinsWithAHigherIncarnation() async {

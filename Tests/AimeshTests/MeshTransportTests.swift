@@ -35,12 +35,12 @@ struct MeshTransportTests {
     }
 
     static func start(name: String, seeds: [PeerAddress], key: Ed25519.KeyPair = .generate(), certificate: [UInt8] = [], trust: TrustStore = TrustStore(mode: .open),
-                      meshKeys: [Packet.MeshKey] = [], dataDir: String? = nil) async throws -> Started {
+                      meshKeys: [Packet.MeshKey] = [], dataDir: String? = nil, advertise: PeerAddress? = nil) async throws -> Started {
         let dir = dataDir ?? temporaryDirectory("mesh-\(name)")
         var logger = Logger(label: "mesh.\(name)")
         logger.logLevel = .critical
         let rejections = Counter()
-        var settings = MeshServiceSettings(listenHost: "127.0.0.1", listenPort: 0, seeds: seeds, meshKeys: meshKeys, swim: fast)
+        var settings = MeshServiceSettings(listenHost: "127.0.0.1", listenPort: 0, advertise: advertise, seeds: seeds, meshKeys: meshKeys, swim: fast)
         settings.agent.pushPullInterval = .seconds(2)
         settings.agent.seedRetry = .milliseconds(200)
         settings.tcpTimeout = .seconds(2)
@@ -96,6 +96,27 @@ struct MeshTransportTests {
         await b.service.leave()
         await b.service.stop()
         #expect(await eventually(.seconds(3)) { a.service.members().first?.status == .left })
+    }
+
+    /// A datagram the kernel refuses (here: to a broadcast address without SO_BROADCAST; in the field a
+    /// firewall rule or a missing route) is a lost packet, not the end of the socket: a and b keep
+    /// gossiping while a fails to reach c. (NIO's datagram channel closed itself on such an error.)
+    @Test func sendTheKernelRefuses_losesOnePacket_notTheSocket() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        let b = try await Self.start(name: "b", seeds: [a.service.address])
+        defer { Task { await a.service.stop(); await b.service.stop() } }
+        #expect(await eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
+        let c = try await Self.start(name: "c", seeds: [a.service.address], advertise: PeerAddress(host: "255.255.255.255", port: 9))
+        defer { Task { await c.service.stop() } }
+        // a learns c (over TCP), probes it at the broadcast address, and is refused by its own kernel.
+        #expect(await eventually(.seconds(5)) { a.service.udpSendFailures > 0 })
+        #expect(await eventually(.seconds(5)) { a.service.members().first { $0.id == c.key.nodeID }.map { $0.status != .alive } ?? false })
+        // Meanwhile a and b still hear each other: a's record change reaches b over UDP gossip.
+        let before = try #require(b.service.records().first { $0.record.origin == a.key.nodeID }?.record.version)
+        a.service.readvertise()
+        #expect(await eventually(.seconds(5)) { (b.service.records().first { $0.record.origin == a.key.nodeID }?.record.version ?? 0) > before })
+        #expect(a.service.members().first { $0.id == b.key.nodeID }?.status == .alive)
+        #expect(b.service.members().first { $0.id == a.key.nodeID }?.status == .alive)
     }
 
     @Test func forgedAndMalformedDatagrams_areRejectedAndCounted() async throws {

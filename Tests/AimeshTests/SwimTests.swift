@@ -43,6 +43,21 @@ import Wire
         #expect(swim.pendingBroadcasts == 1, "the news is passed on")
     }
 
+    /// A peer's push-pull state saying "dead" may be stale (the far side of a healed partition): a member
+    /// this node sees alive only becomes suspect, and its refutation keeps it; "left" is final.
+    @Test func pushPullDead_onlySuspects_andARefutationKeepsTheMember() {
+        var swim = Self.node()
+        _ = swim.merge([MemberState(alive: Alive(node: Self.b, incarnation: 1, address: Self.address(2)), status: .dead),
+                        MemberState(alive: Alive(node: Self.c, incarnation: 1, address: Self.address(3)), status: .left)], now: .seconds(1))
+        #expect(swim.members[Self.b]?.status == .suspect)
+        #expect(swim.members[Self.c]?.status == .left)
+        _ = swim.receive([.alive(Alive(node: Self.b, incarnation: 2, address: Self.address(2)))], from: Self.b, source: Self.address(2), now: .seconds(2))
+        #expect(swim.members[Self.b]?.status == .alive)
+        // "dead" about this node itself is refuted at once.
+        _ = swim.merge([MemberState(alive: Alive(node: Self.a, incarnation: 1, address: Self.address(1)), status: .dead)], now: .seconds(3))
+        #expect(swim.incarnation > 1)
+    }
+
     @Test func probe_pingsAMember_andAckMeansHealthy() {
         var swim = Self.node()
         let out = swim.tick(now: .zero)
