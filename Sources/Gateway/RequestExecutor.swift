@@ -83,7 +83,15 @@ struct RequestExecutor: Sendable {
             let remaining = deadline - now
             var timeouts = Timeouts(connect: min(route.connectTimeout, remaining), firstByte: min(route.firstByteTimeout, remaining),
                                     idle: min(route.idleTimeout, remaining), total: isStreamingValue ? nil : remaining)
-            if let attemptTimeout = failover.attemptTimeout, !isStreamingValue { timeouts.total = min(attemptTimeout, remaining) }
+            if let attemptTimeout = failover.attemptTimeout {
+                // Caps each attempt's wait for its answer: the whole answer for JSON, the first byte for a
+                // stream (a stream may then run as long as it keeps sending).
+                if isStreamingValue {
+                    timeouts.firstByte = min(attemptTimeout, remaining, timeouts.firstByte ?? attemptTimeout)
+                } else {
+                    timeouts.total = min(attemptTimeout, remaining)
+                }
+            }
             let started = ContinuousClock.now
             do {
                 let value = try await operation(route, timeouts)

@@ -75,7 +75,8 @@ final class MeshRoutes: RemoteRouteSource {
                 [(name: HopHeader.name, value: service.signHop(requestID: requestID + "." + ByteEncoding.hex(Sodium.randomBytes(4)), body: body, visited: visitedIDs))]
             }
             let base = record.apiAddress.hasSuffix("/") ? String(record.apiAddress.dropLast()) : record.apiAddress
-            let adapter = OpenAIAdapter(name: name, baseURL: base + "/v1", apiKey: nil, client: client, requestStreamUsage: true, signer: signer)
+            let forwarding = OpenAIAdapter(name: name, baseURL: base + "/v1", apiKey: nil, client: client, requestStreamUsage: true, signer: signer)
+            let adapter = PeerWatchedAdapter(inner: forwarding, peer: record.origin, peerName: name, service: service)
             return ExecutableRoute(candidate: candidate, adapter: adapter, connectTimeout: connectTimeout, firstByteTimeout: firstByteTimeout,
                                    idleTimeout: idleTimeout, defaultMaxTokens: 4096, pathSuffix: [name])
         }
@@ -97,6 +98,42 @@ final class MeshRoutes: RemoteRouteSource {
             return .success(ForwardedBy(node: verified.fromName, visited: verified.visited.map(\.hex)))
         case .failure(let refusal):
             return .failure(APIError(status: 403, type: "permission_denied", code: "forward_refused", message: refusal.message))
+        }
+    }
+}
+
+/// A forward to a peer that gives up as soon as the mesh declares the peer dead (or it leaves): until the
+/// answer's head arrives, the attempt races `MeshService.waitUntilGone`, so a request sent into a
+/// partition or to a machine that vanished fails over within the failure-detection time instead of
+/// waiting out its timeouts. Once a stream has started it runs to its end (a cut is reported in-stream).
+struct PeerWatchedAdapter: ProviderAdapter {
+    let inner: OpenAIAdapter
+    let peer: NodeID
+    let peerName: String
+    let service: MeshService
+
+    var name: String { inner.name }
+
+    func chat(_ call: ChatCall) async throws -> ChatResult {
+        try await watched { try await inner.chat(call) }
+    }
+
+    func embeddings(_ call: EmbeddingsCall) async throws -> CompletedResponse {
+        try await watched { try await inner.embeddings(call) }
+    }
+
+    private func watched<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await operation() }
+            group.addTask {
+                await service.waitUntilGone(peer)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw ProviderFailure(kind: .connect, message: "\(peerName) became unreachable (the mesh declared it dead) before it answered")
+            }
+            return value
         }
     }
 }

@@ -82,6 +82,8 @@ public final class MeshService: Service, Sendable {
     let seenHops: Mutex<[String: Int64]> = Mutex([:])
     let origin = ContinuousClock.now
     let stopping = Atomic<Bool>(false)
+    /// Tasks waiting for a member to be declared dead or to leave (`waitUntilGone`).
+    private let goneWaiters = Mutex<[NodeID: [GoneWaiter]]>([:])
     /// Called for every refused packet or record (reason), for metrics.
     let onRejection: @Sendable (String) -> Void
     let onEvent: @Sendable (String, NodeID) -> Void
@@ -194,6 +196,35 @@ public final class MeshService: Service, Sendable {
     }
 
     public var address: PeerAddress { state.withLock { $0.agent.swim.address } }
+
+    /// Returns once `node` is declared dead or leaves — at once if it is not an alive or suspect member —
+    /// or when the calling task is cancelled. Requests forwarded to a peer race this, so one sent into a
+    /// partition fails over when the mesh gives the peer up instead of waiting out its timeout.
+    public func waitUntilGone(_ node: NodeID) async {
+        let waiter = GoneWaiter()
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let live = members().contains { $0.id == node && ($0.status == .alive || $0.status == .suspect) }
+                let registered = goneWaiters.withLock { waiters -> Bool in
+                    guard live, waiter.arm(continuation) else { return false }
+                    waiters[node, default: []].append(waiter)
+                    return true
+                }
+                if !registered { continuation.resume() }
+            }
+        } onCancel: {
+            waiter.fire()
+        }
+        goneWaiters.withLock { waiters in
+            waiters[node]?.removeAll { $0 === waiter }
+            if waiters[node]?.isEmpty == true { waiters[node] = nil }
+        }
+    }
+
+    private func wakeGoneWaiters(_ node: NodeID) {
+        let waiters = goneWaiters.withLock { $0.removeValue(forKey: node) ?? [] }
+        for waiter in waiters { waiter.fire() }
+    }
 
     /// Datagrams the kernel refused to send (a firewall rule, no route): dropped like lost packets.
     public var udpSendFailures: Int { udp.withLock { $0 }?.sendFailures.load(ordering: .relaxed) ?? 0 }
@@ -428,6 +459,7 @@ public final class MeshService: Service, Sendable {
             case .swim(.changed(let node, _, let status)):
                 logger.info("member \(status)", metadata: ["node": "\(node.short)"])
                 onEvent(status.description, node)
+                if status == .dead || status == .left { wakeGoneWaiters(node) }
                 if status == .alive, let member = state.withLock({ $0.agent.swim.members[node] }) {
                     // Remember peers as soon as they are seen, so a restart rejoins without seeds.
                     persistence?.rememberPeers([(address: member.address, node: node)], nowMillis: wallClockMillis())
@@ -640,6 +672,29 @@ public final class MeshService: Service, Sendable {
 
     /// Forces a re-advertise now (tests, and the node when its providers change).
     public func readvertise() { readvertiseIfChanged(force: true) }
+}
+
+/// One `waitUntilGone` call: resumed once, by whichever comes first (the member gone, or cancellation).
+final class GoneWaiter: Sendable {
+    private let state = Mutex<(continuation: CheckedContinuation<Void, Never>?, fired: Bool)>((nil, false))
+
+    /// Stores the continuation; false if the waiter already fired (cancelled before it could wait).
+    func arm(_ continuation: CheckedContinuation<Void, Never>) -> Bool {
+        state.withLock { state in
+            if state.fired { return false }
+            state.continuation = continuation
+            return true
+        }
+    }
+
+    func fire() {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.fired = true
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        continuation?.resume()
+    }
 }
 
 extension SocketAddress {

@@ -191,6 +191,23 @@ struct GatewayTests {
         }
     }
 
+    /// `failover.attempt_timeout` caps a stream's wait for its first byte too (a black-holed peer
+    /// connection once held a stream for 53 s in the chaos partition scenario).
+    @Test func attemptTimeout_capsAStreamsWaitForTheFirstByte() async throws {
+        try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
+            let yaml = Self.twoRoutesYAML(mocks[0], mocks[1]).replacingOccurrences(of: "max_retry_delay: 5ms }", with: "max_retry_delay: 5ms, attempt_timeout: 300ms }")
+            let node = try await TestNode.start(yaml: yaml)
+            defer { Task { await node.stop() } }
+            mocks[0].enqueue(.delay(.seconds(30)))
+            let started = ContinuousClock.now
+            let (head, events) = try await node.stream(chatBody("m", "x", stream: true))
+            #expect(head.status == 200)
+            #expect(head.header("x-aiproxy-provider") == "second")
+            #expect(events.last?.dataString == "[DONE]")
+            #expect(ContinuousClock.now - started < .seconds(10), "did not wait 30 s for the silent route")
+        }
+    }
+
     @Test func clientErrors_areNotRetried() async throws {
         try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
             let node = try await TestNode.start(yaml: Self.twoRoutesYAML(mocks[0], mocks[1]))

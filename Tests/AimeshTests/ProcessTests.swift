@@ -3,6 +3,7 @@ import Foundation
 import Ledger
 import MeshState
 import MeshCore
+import MockUpstream
 import Testing
 
 /// The `aimesh` executable, built next to the test bundle.
@@ -253,5 +254,63 @@ struct ProcessTests {
         #expect(b.process.terminationReason == .exit && b.process.terminationStatus == 0, "a clean exit on SIGTERM")
         // "left" straight away, not "suspect" then "unreachable" seconds later.
         #expect(await eventually(.seconds(2)) { await peerStatus() == "left" })
+    }
+
+    /// A peer machine that freezes (SIGSTOP: its TCP connections stay open, nothing answers) while a
+    /// request waits on it: the entry node fails the request over as soon as the mesh declares the peer
+    /// dead, not after the forwarding timeouts (120 s to the first byte). Found by scripts/chaos.
+    @Test func frozenPeer_requestWaitingOnIt_failsOverWhenTheMeshDeclaresItDead() async throws {
+        try await withMocks([.init(name: "p1"), .init(name: "p2")]) { mocks in
+            mocks[1].setSticky(.delay(.seconds(40)))
+            let client = CurlClient()
+            defer { client.shutdown() }
+            let dir = temporaryDirectory("frozen")
+            let seedGossip = try freeLoopbackPort()
+            func start(_ name: String, gossip: Int, mock: MockUpstream?) throws -> (Child, Int) {
+                let api = try freeLoopbackPort()
+                let peers = gossip == seedGossip ? "" : ", peers: [ \"127.0.0.1:\(seedGossip)\" ]"
+                let providers = mock.map { "providers:\n  local: { type: local, base_url: \($0.baseURL)/v1, models: [ { name: shared } ] }\n" } ?? ""
+                let yaml = """
+                node: { id: \(name), data_dir: \(dir)/\(name), mesh: { enabled: true, listen_addr: "127.0.0.1:\(gossip)"\(peers), probe_interval: 200ms, probe_timeout: 80ms, gossip_interval: 50ms, suspicion_multiplier: 2 } }
+                server: { listen_addr: "127.0.0.1:\(api)" }
+                \(providers)observability: { logging: { level: error } }
+                """
+                try yaml.write(toFile: "\(dir)/\(name).yaml", atomically: true, encoding: .utf8)
+                return (try Child(["node", "--config", "\(dir)/\(name).yaml"]), api)
+            }
+            let (a, apiA) = try start("a", gossip: seedGossip, mock: nil)
+            defer { a.kill() }
+            let (p1, _) = try start("p1", gossip: try freeLoopbackPort(), mock: mocks[0])
+            defer { p1.kill() }
+            let (p2, _) = try start("p2", gossip: try freeLoopbackPort(), mock: mocks[1])
+            defer { Foundation.kill(p2.process.processIdentifier, SIGCONT); p2.kill() }
+            func post(_ i: Int) async throws -> (ResponseHead, [UInt8]) {
+                try await client.send(OutboundRequest(method: "POST", url: "http://127.0.0.1:\(apiA)/v1/chat/completions",
+                                                      headers: [("content-type", "application/json"), ("x-aiproxy-strategy", "round_robin")],
+                                                      body: chatBody("shared", "r\(i)").bytes, timeouts: Timeouts(firstByte: .seconds(60))))
+            }
+            #expect(await eventually(.seconds(20)) {
+                guard let (_, body) = try? await client.send(OutboundRequest(url: "http://127.0.0.1:\(apiA)/v1/models/shared")) else { return false }
+                return ((try? JSONParser.parse(body))?["providers"]?.arrayValue?.count ?? 0) == 2
+            })
+            // Round robin: within two requests one waits on p2 (its upstream takes 40 s).
+            var waiting: Task<(ResponseHead, [UInt8]), any Error>?
+            for i in 0..<4 where waiting == nil {
+                let request = Task { try await post(i) }
+                let done = Counter()
+                Task { _ = try? await request.value; done.add("done") }
+                _ = await eventually { mocks[1].activeConnections == 1 || done.value("done") == 1 }
+                if mocks[1].activeConnections == 1 { waiting = request }
+            }
+            let request = try #require(waiting, "a request reached p2's upstream")
+            Foundation.kill(p2.process.processIdentifier, SIGSTOP)
+            let (head, body) = try await request.value
+            let json = try JSONParser.parse(body)
+            #expect(head.status == 200, "\(String(decoding: body, as: UTF8.self))")
+            #expect(head.header("x-aiproxy-route")?.contains("p1") == true)
+            let attempts = json["x_aiproxy"]?["attempts"]?.arrayValue ?? []
+            #expect(attempts.first?["route"]?.stringValue == "p2")
+            #expect(attempts.first?["error"]?.stringValue?.contains("became unreachable") == true, "\(JSON.array(attempts).text)")
+        }
     }
 }
