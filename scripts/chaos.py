@@ -88,7 +88,7 @@ class Lab:
   data_dir: {self.work}/n{i}
   mesh: {{ enabled: true, listen_addr: "{addr(i)}:{GOSSIP_PORT}", peers: [ "{addr(1)}:{GOSSIP_PORT}", "{addr(2)}:{GOSSIP_PORT}" ], trust: {{ mode: open }} }}
 server: {{ listen_addr: "{addr(i)}:{API_PORT}" }}
-{providers}routing: {{ strategy: round_robin, failover: {{ max_retries: 4, attempt_timeout: 3s }} }}
+{providers}routing: {{ strategy: round_robin, failover: {{ max_retries: 4 }} }}
 observability: {{ logging: {{ level: warning }} }}
 """)
         return path
