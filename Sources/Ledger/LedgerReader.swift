@@ -22,6 +22,12 @@ public final class LedgerReader: @unchecked Sendable {
         Int(try database.query("SELECT COUNT(*) FROM requests").first?.first?.int ?? 0)
     }
 
+    /// How many of the rows with sequence numbers 1...`sequence` are present (all of them, if every row
+    /// the ledger acknowledged up to there survived).
+    public func count(upToSequence sequence: Int) throws(SQLiteError) -> Int {
+        Int(try database.query("SELECT COUNT(*) FROM requests WHERE seq BETWEEN 1 AND ?", [.integer(Int64(sequence))]).first?.first?.int ?? 0)
+    }
+
     /// The most recent rows, newest first.
     public func recent(limit: Int = 100) throws(SQLiteError) -> [LedgerEntry] {
         try entries(where: "1=1", [], limit: limit)
