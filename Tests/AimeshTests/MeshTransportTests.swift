@@ -149,7 +149,15 @@ struct MeshTransportTests {
         spoofed.replaceSubrange(4..<36, with: b.key.publicKey)
         try await send(spoofed)
 
-        #expect(await eventually(.seconds(5)) { a.rejections.value("bad_signature") >= 2 && a.rejections.value("bad_magic") >= 1 && a.rejections.value("malformed") >= 1 })
+        // A genuine packet cut short, and one larger than any gossip datagram may be.
+        let genuinePacket = Packet.encode([.record(genuine.bytes)], signer: b.key, meshKey: nil)
+        try await send(Array(genuinePacket.prefix(genuinePacket.count / 2)))
+        try await send([UInt8](repeating: 0x41, count: WireLimits.maxUDPPacket * 4))
+
+        #expect(await eventually(.seconds(5)) {
+            a.rejections.value("bad_signature") >= 2 && a.rejections.value("bad_magic") >= 1 && a.rejections.value("malformed") >= 1
+                && a.rejections.value("truncated") + a.rejections.value("bad_signature") >= 3 && a.rejections.value("oversized") >= 1
+        })
         let held = try #require(a.service.records().first { $0.record.origin == b.key.nodeID })
         #expect(held.record.apiAddress == genuine.record.apiAddress && held.record.version == genuine.record.version, "the forgery changed nothing")
         #expect(a.service.members().first { $0.id == b.key.nodeID }?.status == .alive, "the spoofed accusation was dropped")
