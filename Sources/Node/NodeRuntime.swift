@@ -189,8 +189,13 @@ public final class NodeRuntime: Sendable {
     public func run(handleSignals: Bool = true) async throws {
         let listen = configuration.server.listenAddr
         let router = gateway.buildRouter()
+        // server.read_timeout: how long a connection may sit without sending a complete request — idle
+        // keep-alive connections and slow senders (slowloris) alike are closed after it. A request being
+        // answered (a long stream included) is never cut by it.
+        let readTimeout = configuration.server.readTimeout.components
         let app = Application(
             router: router,
+            server: .http1(configuration: .init(idleTimeout: .nanoseconds(readTimeout.seconds * 1_000_000_000 + readTimeout.attoseconds / 1_000_000_000))),
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "aimesh", backlog: 1024),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? listen.port

@@ -73,6 +73,27 @@ func waitForHTTP(_ url: String, client: CurlClient, timeout: Duration = .seconds
     throw TestFailure("\(url) did not answer within \(timeout)")
 }
 
+/// A blocking TCP connection to 127.0.0.1:`port` (for tests that misbehave on purpose).
+func connectLoopback(_ port: Int) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    let connected = withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    guard connected else { close(fd); throw TestFailure("cannot connect to 127.0.0.1:\(port)") }
+    return fd
+}
+
+/// True once the peer has closed the connection (a read sees end of file or a reset).
+func closedByPeer(_ fd: Int32) -> Bool {
+    var byte: UInt8 = 0
+    let count = recv(fd, &byte, 1, Int32(MSG_DONTWAIT))
+    return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+}
+
 func freeLoopbackPort() throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
@@ -335,5 +356,50 @@ struct ProcessTests {
             #expect(attempts.first?["route"]?.stringValue == "p2")
             #expect(attempts.first?["error"]?.stringValue?.contains("became unreachable") == true, "\(JSON.array(attempts).text)")
         }
+    }
+
+    /// Hundreds of idle connections and a few slowloris senders (a request head dribbled out, never
+    /// finished) do not stop the node answering others, and `server.read_timeout` closes them all.
+    @Test func idleAndSlowlorisConnections_areClosedAfterTheReadTimeout_andOthersAreServed() async throws {
+        let client = CurlClient()
+        defer { client.shutdown() }
+        let mockPort = try freeLoopbackPort(), apiPort = try freeLoopbackPort()
+        let mock = try Child(["mock-upstream", "--listen", "127.0.0.1:\(mockPort)", "--name", "up"])
+        defer { mock.kill() }
+        let dir = temporaryDirectory("slowloris")
+        try """
+        node: { id: patient, data_dir: "\(dir)/data" }
+        server: { listen_addr: "127.0.0.1:\(apiPort)", read_timeout: 1s }
+        providers:
+          local: { type: local, base_url: "http://127.0.0.1:\(mockPort)/v1", models: [ { name: m } ] }
+        observability: { logging: { level: error } }
+        """.write(toFile: dir + "/node.yaml", atomically: true, encoding: .utf8)
+        let node = try Child(["node", "--config", dir + "/node.yaml"])
+        defer { node.kill() }
+        try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
+        try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+
+        let idle = try (0..<500).map { _ in try connectLoopback(apiPort) }
+        let slow = try (0..<20).map { _ in try connectLoopback(apiPort) }
+        defer { for fd in idle + slow { close(fd) } }
+        let head = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n".utf8)
+        for fd in slow { _ = send(fd, head, head.count, Int32(MSG_NOSIGNAL)) }
+        // Keep dribbling header lines (never the blank line that ends the head) while others are served.
+        let dribble = Task {
+            let line = Array("X-Slow: 1\r\n".utf8)
+            for _ in 0..<30 {
+                for fd in slow { _ = send(fd, line, line.count, Int32(MSG_NOSIGNAL)) }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        for i in 0..<5 {
+            let (reply, _) = try await client.send(.post("http://127.0.0.1:\(apiPort)/v1/chat/completions", json: chatBody("m", "served \(i)").bytes))
+            #expect(reply.status == 200, "answered while 520 connections sit on the node")
+        }
+        #expect(await eventually(.seconds(10)) { idle.allSatisfy(closedByPeer) }, "idle connections closed after read_timeout")
+        #expect(await eventually(.seconds(10)) { slow.allSatisfy(closedByPeer) }, "slow senders closed although they keep sending")
+        dribble.cancel()
+        let (after, _) = try await client.send(.post("http://127.0.0.1:\(apiPort)/v1/chat/completions", json: chatBody("m", "after").bytes))
+        #expect(after.status == 200)
     }
 }
