@@ -35,6 +35,10 @@ final class CurlEngine: @unchecked Sendable {
     private var timerDeadline: ContinuousClock.Instant?
     /// When the engine thread will next wake by itself.
     private var sleepingUntil: ContinuousClock.Instant = .now
+    /// The earliest deadline that appeared since the engine thread last looked at them all (a new
+    /// transfer's first-byte deadline, a fresh head's idle deadline): what a submitter compares with
+    /// `sleepingUntil` instead of walking every transfer.
+    private var newDeadline: ContinuousClock.Instant?
     private var closed = false
 
     init(configuration: CurlClient.Configuration) {
@@ -96,7 +100,8 @@ final class CurlEngine: @unchecked Sendable {
                 failQueued()
             } else {
                 service(ready: 0, fds: nil, flags: nil)
-                let next = nextWake()
+                let next = [timerDeadline, newDeadline].compactMap { $0 }.min() ?? sleepingUntil
+                newDeadline = nil
                 if next < sleepingUntil {
                     sleepingUntil = next
                     aimesh_eventfd_signal(wakeFD)
@@ -181,6 +186,11 @@ final class CurlEngine: @unchecked Sendable {
         readCompletions()
     }
 
+    /// Records a deadline that appeared inside the engine (holding the lock).
+    func noteDeadline(_ deadline: ContinuousClock.Instant) {
+        newDeadline = min(newDeadline ?? deadline, deadline)
+    }
+
     /// Called by curl (inside `socket_action`) to say which sockets to wait on.
     private func watch(_ socket: curl_socket_t, what: Int32) {
         if what == CURL_POLL_REMOVE {
@@ -259,7 +269,10 @@ final class CurlEngine: @unchecked Sendable {
         }
         let now = ContinuousClock.now
         transfer.lastActivity = now
-        if let firstByte = request.timeouts.firstByte { transfer.firstByteDeadline = now + firstByte }
+        if let firstByte = request.timeouts.firstByte {
+            transfer.firstByteDeadline = now + firstByte
+            noteDeadline(now + firstByte)
+        }
 
         let method = request.method.uppercased()
         if let body = request.body {
@@ -311,9 +324,11 @@ final class CurlEngine: @unchecked Sendable {
     }
 
     /// Fails transfers past their first-byte or idle deadline; returns when the engine must next look:
-    /// curl's timer, the nearest deadline, or a second from now at the latest.
+    /// curl's timer, the nearest deadline, or a second from now at the latest. Walks every transfer, so
+    /// only the engine thread calls it; submitters use `newDeadline`.
     private func nextWake() -> ContinuousClock.Instant {
         let now = ContinuousClock.now
+        newDeadline = nil
         var wake = now + .seconds(1)
         if let timerDeadline { wake = min(wake, timerDeadline) }
         guard !active.isEmpty else { return wake }
@@ -470,6 +485,7 @@ private func curlHeaderCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size:
     } else if line.allSatisfy(\.isNewline) {
         if transfer.status >= 200 && !transfer.headSeen {
             transfer.headSeen = true
+            if let idle = transfer.request.timeouts.idle { transfer.engine.noteDeadline(.now + idle) }
             transfer.deliverHead()
         }
     } else if let colon = line.firstIndex(of: ":") {
