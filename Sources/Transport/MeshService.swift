@@ -204,13 +204,15 @@ public final class MeshService: Service, Sendable {
         let waiter = GoneWaiter()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let live = members().contains { $0.id == node && ($0.status == .alive || $0.status == .suspect) }
-                let registered = goneWaiters.withLock { waiters -> Bool in
-                    guard live, waiter.arm(continuation) else { return false }
+                // Register first, then look: a verdict landing in between still finds the waiter.
+                let armed = goneWaiters.withLock { waiters -> Bool in
+                    guard waiter.arm(continuation) else { return false }
                     waiters[node, default: []].append(waiter)
                     return true
                 }
-                if !registered { continuation.resume() }
+                guard armed else { return continuation.resume() }
+                let status = state.withLock { $0.agent.swim.members[node]?.status }
+                if status != .alive && status != .suspect { waiter.fire() }
             }
         } onCancel: {
             waiter.fire()

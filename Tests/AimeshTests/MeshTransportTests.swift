@@ -88,6 +88,27 @@ struct MeshTransportTests {
         #expect(others.allSatisfy { $0.rejections.value("malformed") == 0 && $0.rejections.value("bad_signature") == 0 })
     }
 
+    /// `waitUntilGone` (what forwards race): at once for a node that is not a member, on cancellation,
+    /// and when a member leaves — not before.
+    @Test func waitUntilGone_returnsForStrangers_onCancel_andWhenTheMemberLeaves() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        let b = try await Self.start(name: "b", seeds: [a.service.address])
+        defer { Task { await a.service.stop() } }
+        #expect(await eventually { Self.aliveCount(a.service) == 1 })
+        await a.service.waitUntilGone(Ed25519.KeyPair.generate().nodeID)  // a stranger: returns at once
+        let cancelled = Task { await a.service.waitUntilGone(b.key.nodeID) }
+        cancelled.cancel()
+        await cancelled.value
+        let returned = Counter()
+        let watching = Task { await a.service.waitUntilGone(b.key.nodeID); returned.add("gone") }
+        #expect(a.service.members().first?.status == .alive && returned.value("gone") == 0, "b is alive: still waiting")
+        await b.service.leave()
+        await b.service.stop()
+        await watching.value
+        #expect(returned.value("gone") == 1)
+        #expect(a.service.members().first?.status == .left)
+    }
+
     @Test func gracefulLeave_isSeenAsLeft() async throws {
         let a = try await Self.start(name: "a", seeds: [])
         let b = try await Self.start(name: "b", seeds: [a.service.address])
