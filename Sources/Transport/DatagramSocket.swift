@@ -75,16 +75,16 @@ final class DatagramSocket: @unchecked Sendable {
 
     private func receiveLoop(_ receive: @Sendable ([UInt8], PeerAddress) -> Void) {
         var buffer = [UInt8](repeating: 0, count: 65_536)
-        while !stopped.load(ordering: .relaxed) {
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&poller, 1, 200) > 0 else { continue }
+        while true {
             var storage = sockaddr_storage()
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            // Blocks until a datagram arrives or `close()` shuts the socket down (then it returns 0).
             let count = buffer.withUnsafeMutableBytes { bytes in
                 withUnsafeMutablePointer(to: &storage) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT), $0, &length) }
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, bytes.baseAddress, bytes.count, 0, $0, &length) }
                 }
             }
+            if stopped.load(ordering: .relaxed) { return }
             // Errors (ECONNREFUSED from an earlier send, EAGAIN, …) concern one datagram, never the socket.
             guard count > 0, let source = Self.peer(from: storage) else { continue }
             receive(Array(buffer[0..<count]), source)
@@ -104,6 +104,8 @@ final class DatagramSocket: @unchecked Sendable {
 
     func close() {
         guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        // Wakes the receiving thread out of recvfrom (Linux does this for datagram sockets too).
+        _ = shutdown(fd, Int32(SHUT_RDWR))
         if let handle = thread.withLock({ $0 }) { pthread_join(handle, nil) }
         Self.closeDescriptor(fd)
     }
