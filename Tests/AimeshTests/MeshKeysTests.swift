@@ -36,6 +36,23 @@ struct MeshKeysTests {
 
     /// Per-minute tests must fit in one wall-clock minute: past its 45th second, wait for the next
     /// (the minute boundary is the event; there is nothing else to wait on).
+    /// Two keyed nodes (a, c) early in a minute, with a fresh mesh key `name` (with these per-minute
+    /// limits) admitted through a; `body` gets the nodes and the key's authorization header.
+    static func withLimitedKey(_ name: String, requestsPerMinute: UInt32 = 0, tokensPerMinute: UInt32 = 0,
+                               _ body: (TestNode, TestNode, [(String, String)]) async throws -> Void) async throws {
+        try await withMocks([.init(name: "u")]) { mocks in
+            let admin = Ed25519.KeyPair.generate()
+            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL)
+            defer { Task { await a.stop(); await c.stop() } }
+            try await Self.startOfAMinute()
+            let (key, now) = Self.newKey()
+            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: name, issuedAtMillis: now, requestsPerMinute: requestsPerMinute,
+                                   tokensPerMinute: tokensPerMinute, admin: admin.nodeID).signed(by: admin)
+            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
+            try await body(a, c, [("authorization", "Bearer \(key)")])
+        }
+    }
+
     static func startOfAMinute() async throws {
         let intoMinute = Int64(Date().timeIntervalSince1970 * 1000) % 60_000
         if intoMinute > 45_000 { try await Task.sleep(for: .milliseconds(60_000 - intoMinute + 100)) }
@@ -141,15 +158,7 @@ struct MeshKeysTests {
     }
 
     @Test func perMinuteLimit_holdsAcrossTheMesh() async throws {
-        try await withMocks([.init(name: "u")]) { mocks in
-            let admin = Ed25519.KeyPair.generate()
-            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL)
-            defer { Task { await a.stop(); await c.stop() } }
-            try await Self.startOfAMinute()
-            let (key, now) = Self.newKey()
-            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "shared", issuedAtMillis: now, requestsPerMinute: 6, admin: admin.nodeID).signed(by: admin)
-            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
-            let auth = [("authorization", "Bearer \(key)")]
+        try await Self.withLimitedKey("shared", requestsPerMinute: 6) { a, c, auth in
             #expect(try await eventually { try await c.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
             for _ in 0..<3 { #expect(try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200) }
             // c hears of a's three (and counts its own one) before it decides.
@@ -162,15 +171,7 @@ struct MeshKeysTests {
     }
 
     @Test func tokensPerMinute_holdAcrossTheMesh() async throws {
-        try await withMocks([.init(name: "u")]) { mocks in
-            let admin = Ed25519.KeyPair.generate()
-            let (a, c) = try await Self.pair(admin: admin, mock: mocks[0].baseURL)
-            defer { Task { await a.stop(); await c.stop() } }
-            try await Self.startOfAMinute()
-            let (key, now) = Self.newKey()
-            let record = KeyRecord(keyHash: Sodium.sha256(Array(key.utf8)), name: "tokens", issuedAtMillis: now, tokensPerMinute: 15, admin: admin.nodeID).signed(by: admin)
-            #expect(try await a.post("/aiproxy/keys", bytes: Array(record.fileText.utf8)).status == 200)
-            let auth = [("authorization", "Bearer \(key)")]
+        try await Self.withLimitedKey("tokens", tokensPerMinute: 15) { a, c, auth in
             #expect(try await eventually { try await a.post("/v1/chat/completions", chatBody("m"), headers: auth).status == 200 })
             // One answer is ~9 tokens; c learns that from a's record.
             let minute = KeyRequestCounts.minute(millis: Int64(Date().timeIntervalSince1970 * 1000))
