@@ -12,6 +12,7 @@ HUB = f"{PREFIX}-hub"
 NODE_COUNT = 5
 API_PORT, GOSSIP_PORT, MOCK_PORT = 8080, 7946, 9000
 CLONE_NEWNET = 0x40000000
+HARNESS_KEY = "sk-chaos-harness"
 
 
 def ns(i): return f"{PREFIX}-n{i}"
@@ -29,6 +30,8 @@ class Lab:
     def __init__(self, binary, work):
         self.binary, self.work = binary, work
         self.nodes, self.mocks = {}, {}
+        self.admin_public_key = None   # set by the budget scenario: mesh keys signed by this admin
+        self.mock_latency = "0ms"
         self.made = []
 
     # --- namespaces -------------------------------------------------------------------------------
@@ -75,20 +78,27 @@ class Lab:
     def start_mock(self, i):
         log = open(f"{self.work}/mock{i}.log", "a")
         self.mocks[i] = subprocess.Popen(["ip", "netns", "exec", ns(i), self.binary, "mock-upstream", "--listen",
-                                          f"127.0.0.1:{MOCK_PORT}", "--name", f"upstream-{i}"], stdout=log, stderr=log)
+                                          f"127.0.0.1:{MOCK_PORT}", "--name", f"upstream-{i}", "--latency", self.mock_latency],
+                                         stdout=log, stderr=log)
 
     def config(self, i):
         path = f"{self.work}/n{i}.yaml"
         providers = "" if i == 1 else (
             f'providers:\n  local: {{ type: local, base_url: "http://127.0.0.1:{MOCK_PORT}/v1", '
-            f'models: [ {{ name: m, upstream_model: m }} ] }}\n')
+            f'models: [ {{ name: m, upstream_model: m }} ] }}\n'
+            f'  paid: {{ type: openai_compatible, base_url: "http://127.0.0.1:{MOCK_PORT}/v1", api_key: sk-chaos-local, '
+            f'models: [ {{ name: paid, upstream_model: paid, input_cost_per_1m: 1000, output_cost_per_1m: 1000 }} ] }}\n')
+        admin = f", admin_public_key: {self.admin_public_key}" if self.admin_public_key else ""
+        # With mesh keys, clients need a key; the harness reads mesh status with a config key of its own.
+        security = (f"security: {{ auth: {{ enabled: true, api_keys: [ {{ key: {HARNESS_KEY}, name: harness }} ] }} }}\n"
+                    if self.admin_public_key else "")
         with open(path, "w") as f:
             f.write(f"""node:
   id: n{i}
   data_dir: {self.work}/n{i}
-  mesh: {{ enabled: true, listen_addr: "{addr(i)}:{GOSSIP_PORT}", peers: [ "{addr(1)}:{GOSSIP_PORT}", "{addr(2)}:{GOSSIP_PORT}" ], trust: {{ mode: open }} }}
+  mesh: {{ enabled: true, listen_addr: "{addr(i)}:{GOSSIP_PORT}", peers: [ "{addr(1)}:{GOSSIP_PORT}", "{addr(2)}:{GOSSIP_PORT}" ], trust: {{ mode: open{admin} }} }}
 server: {{ listen_addr: "{addr(i)}:{API_PORT}" }}
-{providers}routing: {{ strategy: round_robin, failover: {{ max_retries: 4 }} }}
+{providers}{security}routing: {{ strategy: round_robin, failover: {{ max_retries: 4 }} }}
 observability: {{ logging: {{ level: warning }} }}
 """)
         return path
@@ -115,7 +125,7 @@ observability: {{ logging: {{ level: warning }} }}
 def get(i, path, timeout=2):
     connection = http.client.HTTPConnection(addr(i), API_PORT, timeout=timeout)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers={"authorization": f"Bearer {HARNESS_KEY}"})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -335,7 +345,112 @@ def scenario_restart(lab, args):
     wait_until(converged(range(1, NODE_COUNT + 1)), 30)
 
 
-SCENARIOS = {"kill": scenario_kill, "partition": scenario_partition, "loss": scenario_loss, "restart": scenario_restart}
+def ledger_spend(lab, key_name):
+    """(dollars, rows) the entry nodes billed to the key: rows under the key's name (a serving peer
+    records a forward under node:NAME, so nothing is counted twice)."""
+    import sqlite3
+    total, rows = 0.0, 0
+    for i in range(1, NODE_COUNT + 1):
+        path = f"{lab.work}/n{i}/ledger.sqlite"
+        if not os.path.exists(path):
+            continue
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        cost, count = db.execute("SELECT COALESCE(SUM(cost), 0), COUNT(*) FROM requests WHERE api_key = ? AND status = 200",
+                                 (key_name,)).fetchone()
+        db.close()
+        total, rows = total + cost, rows + count
+    return total, rows
+
+
+def spend_load(targets, key, seconds, workers=2):
+    """Paid requests with the key until `seconds` pass; {status: count}."""
+    counts, lock, stop, latencies = {}, threading.Lock(), threading.Event(), []
+    body = json.dumps({"model": "paid", "max_tokens": 20, "messages": [{"role": "user", "content": "spend"}]})
+    def worker(target):
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                connection = http.client.HTTPConnection(addr(target), API_PORT, timeout=20)
+                connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", "authorization": f"Bearer {key}"})
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+                connection.close()
+            except Exception:
+                status = "error"
+            with lock:
+                counts[f"n{target} {status}"] = counts.get(f"n{target} {status}", 0) + 1
+                if status == 200:
+                    latencies.append(time.monotonic() - started)
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in targets for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    counts["mean_ok_latency_s"] = round(sum(latencies) / len(latencies), 4) if latencies else None
+    return counts
+
+
+def scenario_budget(lab, args):
+    budget = 1.0
+    print(f"== a mesh key with a ${budget:.2f} daily budget, spent from both sides of a 3|2 partition, then after the heal", flush=True)
+    # Mesh keys need the mesh admin's public key in every node's configuration: restart the mesh with it
+    # (same keys and data directories), upstreams answering in 50 ms so spend accrues at a steady pace.
+    run(lab.binary, "mesh", "init", "--out", f"{lab.work}/admin")
+    lab.admin_public_key = open(f"{lab.work}/admin/admin.pub").read().strip()
+    lab.mock_latency = "50ms"
+    for i in range(1, NODE_COUNT + 1):
+        lab.kill(lab.nodes[i]); lab.kill(lab.mocks[i])
+    for i in range(1, NODE_COUNT + 1):
+        lab.start_mock(i); lab.start_node(i)
+    if not wait_until(converged(range(1, NODE_COUNT + 1)), 60):
+        raise RuntimeError("the mesh did not converge with the admin key")
+    key = run(lab.binary, "keys", "create", "--name", "chaos", "--budget-daily", str(budget), "--admin-key",
+              f"{lab.work}/admin/admin.key", "--node", f"http://{addr(1)}:{API_PORT}").strip().splitlines()[-1]
+    def accepted(i):
+        try:
+            connection = http.client.HTTPConnection(addr(i), API_PORT, timeout=5)
+            connection.request("GET", "/v1/models", headers={"authorization": f"Bearer {key}"})
+            return connection.getresponse().status == 200
+        except Exception:
+            return False
+    if not wait_until(lambda: all(accepted(i) for i in range(1, NODE_COUNT + 1)), 30):
+        raise RuntimeError("the key did not reach every node")
+    side_a, side_b = [1, 2, 3], [4, 5]
+    for group, other in ((side_a, side_b), (side_b, side_a)):
+        peers = ", ".join(addr(j) for j in other)
+        for i in group:
+            lab.nft(i, [f"input ip saddr {{ {peers} }} drop", f"output ip daddr {{ {peers} }} drop"])
+    wait_until(lambda: (peer_statuses(1) or {}).get("n4", "unreachable") == "unreachable"
+               and (peer_statuses(4) or {}).get("n1", "unreachable") == "unreachable", 30)
+    during = spend_load([1, 4], key, args.partition_seconds / 2)
+    split_spend, split_rows = ledger_spend(lab, "chaos")
+    lab.heal()
+    wait_until(converged(range(1, NODE_COUNT + 1)), 30)
+    after = spend_load([1, 4], key, 10)
+    time.sleep(1)  # the last answers' ledger batches
+    total, rows = ledger_spend(lab, "chaos")
+    # The documented bound (PROTOCOL.md §10): with every node reachable, the mesh can pass a key's budget
+    # by what the other entry nodes spend while a node's view of their counters is stale (a record is
+    # re-advertised at most once a second and spreads in ~0.2 s: 1.2 s), plus the requests in flight.
+    cost = total / rows if rows else 0
+    workers, entries, staleness = 2, 2, 1.2
+    rate = workers / after["mean_ok_latency_s"] if after.get("mean_ok_latency_s") else 0   # requests/s per entry node
+    bound = budget + cost * (rate * staleness * (entries - 1) + workers * entries)
+    print(f"  during the split: {json.dumps(during)}")
+    print(f"  after the heal:   {json.dumps(after)}")
+    verdict("budget: a partition cannot overspend", split_spend <= budget,
+            f"${split_spend:.3f} spent by both sides during the split ({split_rows} requests), budget ${budget:.2f}")
+    verdict("budget: the mesh-wide total holds after the heal", total <= bound,
+            f"${total:.3f} in all ({rows} requests, ${cost:.4f} each); budget ${budget:.2f}, bound ${bound:.3f} "
+            f"(+ {rate:.0f} req/s × {staleness} s of another entry node's spend + {workers * entries} in flight)")
+
+
+# budget last: it restarts the mesh with a mesh admin key (which puts /aiproxy/mesh/table behind signatures).
+SCENARIOS = {"kill": scenario_kill, "partition": scenario_partition, "loss": scenario_loss, "restart": scenario_restart,
+             "budget": scenario_budget}
 
 
 def main():
