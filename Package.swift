@@ -102,8 +102,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // libFuzzer target for every mesh decoder (scripts/fuzz-wire); a corpus replayer otherwise.
-        .executableTarget(name: "FuzzWire", dependencies: ["MeshCore", "Wire", "MeshState", "Sodium"], swiftSettings: swiftSettings),
+        // libFuzzer target for every parser of untrusted input (scripts/fuzz); a corpus replayer otherwise.
+        .executableTarget(name: "FuzzWire", dependencies: ["MeshCore", "Wire", "MeshState", "Sodium", "NodeConfig"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "aimesh",
             dependencies: [

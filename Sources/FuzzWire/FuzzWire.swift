@@ -1,5 +1,6 @@
 import MeshCore
 import MeshState
+import NodeConfig
 import Sodium
 import Wire
 
@@ -7,14 +8,44 @@ import Wire
 import Glibc
 #endif
 
-/// libFuzzer entry: every decoder of untrusted mesh bytes must reject bad input without crashing.
-/// Built with `scripts/fuzz-wire` (`-sanitize=fuzzer,address -DFUZZING`); a normal build makes a
-/// replayer that runs files (a corpus, a crash) through the same function.
+/// libFuzzer entry: every parser of untrusted input must reject bad input without crashing — the mesh
+/// decoders, the hop and admin headers, the JSON and SSE parsers, the config loader.
+/// Built with `scripts/fuzz` (`-sanitize=fuzzer,address -DFUZZING`); a normal build makes a replayer
+/// that runs files (a corpus, a crash) through the same function.
+///
+/// `AIMESH_FUZZ_TARGET` (wire, hop, json, sse, config) sends every input to one parser; without it the
+/// first byte picks the mesh decoder, so one corpus reaches all of them.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     guard let data, size > 0 else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
-    // The first byte picks the decoder, so one corpus reaches all of them.
+    switch FuzzTarget.chosen {
+    case .wire: fuzzMeshDecoders(bytes)
+    case .hop:
+        let text = String(decoding: bytes, as: UTF8.self)
+        if let header = try? HopHeader(value: text) { _ = header.isSignatureValid }
+        _ = AdminSignature.verify(text, method: "GET", target: "/aiproxy/mesh/table", nowMillis: 0)
+    case .json:
+        _ = try? JSONParser.parse(bytes)
+        if let top = try? JSONParser.parseTopLevelObject(bytes) { _ = top }
+    case .sse:
+        // In two pieces, split where the first byte says: events straddle reads in real streams.
+        var parser = SSEParser()
+        let cut = Int(bytes[0]) % bytes.count
+        _ = try? parser.feed(bytes[..<cut])
+        _ = try? parser.feed(bytes[cut...])
+    case .config:
+        _ = ConfigLoader.parse(yaml: String(decoding: bytes, as: UTF8.self), file: "fuzz.yaml", environment: ["KEY": "value"])
+    }
+    return 0
+}
+
+enum FuzzTarget: String, CaseIterable {
+    case wire, hop, json, sse, config
+    static let chosen: FuzzTarget = getenv("AIMESH_FUZZ_TARGET").flatMap { FuzzTarget(rawValue: String(cString: $0)) } ?? .wire
+}
+
+func fuzzMeshDecoders(_ bytes: [UInt8]) {
     let body = Array(bytes.dropFirst())
     switch bytes[0] % 6 {
     case 0: _ = try? Packet.decode(body, meshKeys: [])
@@ -30,7 +61,6 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         var buffer = body
         _ = try? Frame.split(&buffer)
     }
-    return 0
 }
 
 enum FuzzKeys {
@@ -68,7 +98,8 @@ enum FuzzKeys {
 #if !FUZZING
 @main
 struct FuzzWireReplayer {
-    /// `fuzz-wire --write-corpus DIR` writes seed inputs; `fuzz-wire FILE…` replays inputs.
+    /// `FuzzWire --write-corpus DIR` writes the mesh decoders' seed inputs; `FuzzWire FILE…` replays inputs
+    /// (through the parser `AIMESH_FUZZ_TARGET` names).
     static func main() {
         let arguments = Array(CommandLine.arguments.dropFirst())
         if arguments.first == "--write-corpus", arguments.count == 2 {

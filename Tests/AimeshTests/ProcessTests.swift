@@ -402,4 +402,27 @@ struct ProcessTests {
         let (after, _) = try await client.send(.post("http://127.0.0.1:\(apiPort)/v1/chat/completions", json: chatBody("m", "after").bytes))
         #expect(after.status == 200)
     }
+
+    /// The kept fuzzing corpus (Tests/Fuzz/TARGET, grown by `scripts/fuzz --save`) replays through every
+    /// parser without a crash: what fuzzing found once stays a regression test.
+    @Test func fuzzCorpus_replaysWithoutACrash() async throws {
+        let binary = try #require(AimeshBinary.path.map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("FuzzWire").path },
+                                  "the aimesh executable is built next to the tests")
+        #expect(FileManager.default.isExecutableFile(atPath: binary), "FuzzWire is built with the tests")
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz").path
+        for target in ["wire", "hop", "json", "sse", "config"] {
+            let files = try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(target)").map { "\(root)/\(target)/\($0)" }
+            #expect(!files.isEmpty, "seeds for \(target)")
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = files
+            process.environment = ["AIMESH_FUZZ_TARGET": target]
+            let output = Pipe()
+            process.standardOutput = output
+            try process.run()
+            let printed = await offThePool { String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+            await offThePool { process.waitUntilExit() }
+            #expect(process.terminationStatus == 0 && printed.contains("replayed \(files.count) input(s)"), "\(target): \(printed)")
+        }
+    }
 }
