@@ -430,7 +430,16 @@ def scenario_budget(lab, args):
     lab.heal()
     wait_until(converged(range(1, NODE_COUNT + 1)), 30)
     after = spend_load([1, 4], key, 10)
-    time.sleep(1)  # the last answers' ledger batches
+    def ledgers_flushed():
+        for i in range(1, NODE_COUNT + 1):
+            try:
+                status, body = get(i, "/aiproxy/ledger/status")
+                if status != 200 or json.loads(body).get("pending_rows", 1) != 0:
+                    return False
+            except Exception:
+                return False
+        return True
+    wait_until(ledgers_flushed, 10)   # every answered request's row is committed before we add them up
     total, rows = ledger_spend(lab, "chaos")
     # The documented bound (PROTOCOL.md §10): with every node reachable, the mesh can pass a key's budget
     # by what the other entry nodes spend while a node's view of their counters is stale (a record is
