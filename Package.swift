@@ -103,7 +103,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // libFuzzer target for every parser of untrusted input (scripts/fuzz); a corpus replayer otherwise.
-        .executableTarget(name: "FuzzWire", dependencies: ["MeshCore", "Wire", "MeshState", "Sodium", "NodeConfig"], swiftSettings: swiftSettings),
+        .executableTarget(name: "FuzzWire", dependencies: ["MeshCore", "Wire", "MeshState", "Sodium", "NodeConfig", "Providers"], swiftSettings: swiftSettings),
         .executableTarget(
             name: "aimesh",
             dependencies: [

@@ -1,6 +1,7 @@
 import MeshCore
 import MeshState
 import NodeConfig
+import Providers
 import Sodium
 import Wire
 
@@ -9,11 +10,12 @@ import Glibc
 #endif
 
 /// libFuzzer entry: every parser of untrusted input must reject bad input without crashing — the mesh
-/// decoders, the hop and admin headers, the JSON and SSE parsers, the config loader.
+/// decoders, the hop and admin headers, the JSON and SSE parsers, client request bodies (and their
+/// translation for each vendor), upstream answers (bodies and streams of each vendor), the config loader.
 /// Built with `scripts/fuzz` (`-sanitize=fuzzer,address -DFUZZING`); a normal build makes a replayer
 /// that runs files (a corpus, a crash) through the same function.
 ///
-/// `AIMESH_FUZZ_TARGET` (wire, hop, json, sse, config) sends every input to one parser; without it the
+/// `AIMESH_FUZZ_TARGET` (wire, hop, json, sse, request, upstream, config) sends every input to one parser; without it the
 /// first byte picks the mesh decoder, so one corpus reaches all of them.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
@@ -34,6 +36,8 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         let cut = Int(bytes[0]) % bytes.count
         _ = try? parser.feed(bytes[..<cut])
         _ = try? parser.feed(bytes[cut...])
+    case .request: ParserExercise.clientRequest(bytes)
+    case .upstream: ParserExercise.upstreamResponse(bytes)
     case .config:
         _ = ConfigLoader.parse(yaml: String(decoding: bytes, as: UTF8.self), file: "fuzz.yaml", environment: ["KEY": "value"])
     }
@@ -41,7 +45,7 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 }
 
 enum FuzzTarget: String, CaseIterable {
-    case wire, hop, json, sse, config
+    case wire, hop, json, sse, request, upstream, config
     static let chosen: FuzzTarget = getenv("AIMESH_FUZZ_TARGET").flatMap { FuzzTarget(rawValue: String(cString: $0)) } ?? .wire
 }
 

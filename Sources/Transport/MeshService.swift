@@ -65,6 +65,7 @@ public final class MeshService: Service, Sendable {
         var rtt: [NodeID: Duration] = [:]
         var started = false
         var keys: KeyStore
+        var replay = ReplayGuard()
     }
 
     public let identity: Ed25519.KeyPair
@@ -81,6 +82,8 @@ public final class MeshService: Service, Sendable {
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
     let seenHops: Mutex<[String: Int64]> = Mutex([:])
     let origin = ContinuousClock.now
+    /// Stamps for outgoing packets, kept ahead of what peers have seen across restarts (`gossip_stamp`).
+    let stamps: StampClock
     let stopping = Atomic<Bool>(false)
     /// Tasks waiting for a member to be declared dead or to leave (`waitUntilGone`).
     private let goneWaiters = Mutex<[NodeID: [GoneWaiter]]>([:])
@@ -104,6 +107,7 @@ public final class MeshService: Service, Sendable {
         // NIO's shared group: never shut down, so an exchange still connecting while the service
         // stops cannot strand a promise on a dead event loop.
         self.group = MultiThreadedEventLoopGroup.singleton
+        stamps = StampClock(floor: persistence?.value("gossip_stamp") ?? 0)
         let wall = wallClockMillis()
         let incarnation = persistence?.nextMonotonic("incarnation", floor: UInt64(wall / 1000)) ?? UInt64(wall / 1000)
         let version = persistence?.value("record_version") ?? 0
@@ -255,6 +259,7 @@ public final class MeshService: Service, Sendable {
                 lastPersist = .now
                 let peers = members().filter { $0.status == .alive }.map { (address: $0.address, node: $0.id) }
                 persistence?.rememberPeers(peers, nowMillis: wallClockMillis())
+                persistence?.set("gossip_stamp", stamps.latest)
             }
         }
     }
@@ -274,6 +279,7 @@ public final class MeshService: Service, Sendable {
         udp.withLock { $0 }?.close()
         let channels = [tcp.withLock { $0 }].compactMap { $0 }
         for channel in channels { try? await channel.close() }
+        persistence?.set("gossip_stamp", stamps.latest)
         persistence?.close()
     }
 
@@ -376,6 +382,12 @@ public final class MeshService: Service, Sendable {
                 note(&state, error.rawValue)
                 return nil
             }
+            // After the trust check, so untrusted keys take no room; what the loop above applied is idempotent.
+            let verdict = state.replay.check(decoded.sender, stamp: decoded.stamp, nowMicros: StampClock.wallMicros())
+            guard verdict == .fresh else {
+                note(&state, verdict.rawValue)
+                return nil
+            }
             let trust = state.agent.store.trust
             return decoded.messages.compactMap { message -> MeshMessage? in
                 switch message {
@@ -437,7 +449,7 @@ public final class MeshService: Service, Sendable {
             }
             perform(outputs)
             drainRejections()
-            return Packet.encode(reply, signer: identity, meshKey: settings.meshKeys.first)
+            return seal(reply)
         }
         let outputs = state.withLock { state in
             state.agent.store.wallNowMillis = wallClockMillis()
@@ -450,13 +462,18 @@ public final class MeshService: Service, Sendable {
 
     // MARK: Sending
 
+    /// Signs (and with a mesh key, seals) messages under the next stamp.
+    func seal(_ messages: [MeshMessage]) -> [UInt8] {
+        Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first, stamp: stamps.next())
+    }
+
     func perform(_ outputs: [AgentOutput]) {
         for output in outputs {
             switch output {
             case .swim(.send(let to, let messages)):
                 sendDatagram(messages, to: to)
             case .swim(.sendReliable(let to, let messages)):
-                let packet = Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first)
+                let packet = seal(messages)
                 Task { _ = try? await self.exchange(packet, with: to, expectReply: false) }
             case .swim(.changed(let node, _, let status)):
                 logger.info("member \(status)", metadata: ["node": "\(node.short)"])
@@ -482,7 +499,7 @@ public final class MeshService: Service, Sendable {
     @discardableResult
     func sendDatagram(_ messages: [MeshMessage], to peer: PeerAddress) -> Bool {
         guard let socket = udp.withLock({ $0 }), let address = resolve(peer) else { return false }
-        let packet = Packet.encode(messages, signer: identity, meshKey: settings.meshKeys.first)
+        let packet = seal(messages)
         onTraffic("udp", "sent", packet.count)
         return socket.send(packet, to: address)
     }
@@ -496,7 +513,7 @@ public final class MeshService: Service, Sendable {
 
     func pushPull(with peer: PeerAddress) async {
         let request = state.withLock { $0.agent.pushPullRequest() + $0.keys.keys.values.map { MeshMessage.apiKey($0.bytes) } }
-        let packet = Packet.encode(request, signer: identity, meshKey: settings.meshKeys.first)
+        let packet = seal(request)
         do {
             guard let replyBytes = try await exchange(packet, with: peer, expectReply: true) else { return }
             onTraffic("tcp", "received", replyBytes.count)
@@ -509,7 +526,7 @@ public final class MeshService: Service, Sendable {
             perform(outputs)
             drainRejections()
             if !final.isEmpty {
-                _ = try? await exchange(Packet.encode(final, signer: identity, meshKey: settings.meshKeys.first), with: peer, expectReply: false)
+                _ = try? await exchange(seal(final), with: peer, expectReply: false)
             }
         } catch let error as WireError {
             reject(error.reason, detail: "\(error) from \(peer) (push-pull reply)")

@@ -3,16 +3,18 @@ import Sodium
 
 /// The envelope of every UDP datagram and TCP frame (PROTOCOL.md §3):
 ///
-///     "AM" | version=1 | flags | body
+///     "AM" | version=2 | flags | body
 ///     flags bit 0 clear: body = plain
 ///     flags bit 0 set:   body = key hint (4) | nonce (24) | XChaCha20-Poly1305(plain), AD = the 4 header bytes + key hint
-///     plain = sender NodeID (32) | count (1) | message × count | Ed25519 signature (64) over header + sender … messages
+///     plain = sender NodeID (32) | stamp u64 | count (1) | message × count | Ed25519 signature (64) over header + sender … messages
 ///
-/// The signature proves the sender (its NodeID is its public key); the optional mesh key keeps
-/// outsiders out and hides the content. Several mesh keys may be held: the first seals, any opens.
+/// The signature proves the sender (its NodeID is its public key); the stamp (the sender's clock in
+/// microseconds, strictly increasing) lets a receiver refuse a packet it has seen (`ReplayGuard`); the
+/// optional mesh key keeps outsiders out and hides the content. Several mesh keys may be held: the first
+/// seals, any opens. Version 1 had no stamp.
 public enum Packet {
     public static let magic: [UInt8] = [0x41, 0x4D]
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     static let sealedFlag: UInt8 = 0x01
     static let headerBytes = 4
     static let signatureBytes = 64
@@ -39,16 +41,20 @@ public enum Packet {
 
     public struct Decoded: Sendable {
         public var sender: NodeID
+        /// The sender's stamp (microseconds since 1970, strictly increasing per sender).
+        public var stamp: UInt64
         public var messages: [MeshMessage]
         /// Which mesh key opened it (index into the keys given), nil when plain.
         public var keyIndex: Int?
     }
 
-    /// Signs (and with a key, seals) messages from `signer`.
-    public static func encode(_ messages: [MeshMessage], signer: Ed25519.KeyPair, meshKey: MeshKey?) -> [UInt8] {
+    /// Signs (and with a key, seals) messages from `signer`. A node passes strictly increasing stamps
+    /// (`StampClock`); the default, the wall clock, is for tests and tools that send one packet.
+    public static func encode(_ messages: [MeshMessage], signer: Ed25519.KeyPair, meshKey: MeshKey?, stamp: UInt64 = StampClock.wallMicros()) -> [UInt8] {
         let header: [UInt8] = magic + [version, meshKey == nil ? 0 : sealedFlag]
         var plain = ByteWriter(capacity: 512)
         plain.raw(signer.publicKey)
+        plain.u64(stamp)
         plain.u8(UInt8(messages.count))
         for message in messages { plain.message(message) }
         let signature = signer.sign(header + plain.bytes)
@@ -89,7 +95,7 @@ public enum Packet {
             guard meshKeys.isEmpty else { throw .noKey }
             plain = Array(bytes[headerBytes...])
         }
-        guard plain.count >= NodeID.byteCount + 1 + signatureBytes else { throw .truncated }
+        guard plain.count >= NodeID.byteCount + 8 + 1 + signatureBytes else { throw .truncated }
         let signedEnd = plain.count - signatureBytes
         let signature = Array(plain[signedEnd...])
         var body = ByteReader(plain, offset: 0, end: signedEnd)
@@ -97,6 +103,7 @@ public enum Packet {
         guard Ed25519.verify(signature: signature, message: header + Array(plain[..<signedEnd]), publicKey: sender.bytes) else {
             throw .malformed("signature")
         }
+        let stamp = try body.u64()
         let count = Int(try body.u8())
         guard count >= 1, count <= WireLimits.maxMessagesPerPacket else { throw count == 0 ? .malformed("empty packet") : .oversized("message count") }
         var messages: [MeshMessage] = []
@@ -104,12 +111,12 @@ public enum Packet {
         for _ in 0..<count { messages.append(try body.message(maxBody: maxBytes)) }
         try body.expectEnd()
         plain.removeAll()
-        return Decoded(sender: sender, messages: messages, keyIndex: keyIndex)
+        return Decoded(sender: sender, stamp: stamp, messages: messages, keyIndex: keyIndex)
     }
 
     /// Bytes a packet adds around its messages (header, sender, count, signature, and sealing).
     public static func overhead(sealed: Bool) -> Int {
-        headerBytes + NodeID.byteCount + 1 + signatureBytes + (sealed ? 4 + XChaCha20Poly1305.nonceBytes + XChaCha20Poly1305.tagBytes : 0)
+        headerBytes + NodeID.byteCount + 8 + 1 + signatureBytes + (sealed ? 4 + XChaCha20Poly1305.nonceBytes + XChaCha20Poly1305.tagBytes : 0)
     }
 }
 

@@ -162,7 +162,8 @@ struct MeshTransportTests {
             try await socket.writeAndFlush(AddressedEnvelope(remoteAddress: target, data: ByteBuffer(bytes: raw)))
         }
         try await send(packet)
-        try await send([0x41, 0x4D, 1, 0, 1, 2, 3])
+        try await send([0x41, 0x4D, Packet.version, 0, 1, 2, 3])
+        try await send([0x41, 0x4D, 1, 0] + Array(packet.dropFirst(4)))  // protocol version 1 (no stamps)
         try await send([UInt8](repeating: 0xFF, count: 300))
         bytes[10] ^= 1
         try await send(Packet.encode([.record(bytes)], signer: attacker, meshKey: nil))
@@ -176,10 +177,27 @@ struct MeshTransportTests {
         try await send(Array(genuinePacket.prefix(genuinePacket.count / 2)))
         try await send([UInt8](repeating: 0x41, count: WireLimits.maxUDPPacket * 4))
 
+        // A captured packet of b's sent three times (one socket to one socket on loopback keeps the order:
+        // the first is b's packet, the copies are replays), and one of b's packets from an hour ago,
+        // older than a's window for b.
+        let captured = Packet.encode([.ping(seq: 77, target: a.key.nodeID)], signer: b.key, meshKey: nil)
+        for _ in 0..<3 { try await send(captured) }
+        // The same from a sender a has never heard of: one copy in, the second refused; and a stranger's
+        // packet from an hour ago, which a cannot tell from a replay.
+        let stranger = Ed25519.KeyPair.generate()
+        let strangerPacket = Packet.encode([.ack(seq: 1)], signer: stranger, meshKey: nil)
+        try await send(strangerPacket)
+        try await send(strangerPacket)
+        try await send(Packet.encode([.ping(seq: 78, target: a.key.nodeID)], signer: b.key, meshKey: nil, stamp: StampClock.wallMicros() - 3_600_000_000))
+        let hourOld = Packet.encode([.ack(seq: 2)], signer: Ed25519.KeyPair.generate(), meshKey: nil, stamp: StampClock.wallMicros() - 3_600_000_000)
+        try await send(hourOld)
+
         #expect(await eventually(.seconds(5)) {
             a.rejections.value("bad_signature") >= 2 && a.rejections.value("bad_magic") >= 1 && a.rejections.value("malformed") >= 1
                 && a.rejections.value("truncated") + a.rejections.value("bad_signature") >= 3 && a.rejections.value("oversized") >= 1
-        })
+                && a.rejections.value("replayed_packet") >= 4 && a.rejections.value("stale_packet") >= 1
+                && a.rejections.value("bad_version") >= 1
+        }, "\(a.rejections.counts.withLock { $0 })")
         let held = try #require(a.service.records().first { $0.record.origin == b.key.nodeID })
         #expect(held.record.apiAddress == genuine.record.apiAddress && held.record.version == genuine.record.version, "the forgery changed nothing")
         #expect(a.service.members().first { $0.id == b.key.nodeID }?.status == .alive, "the spoofed accusation was dropped")
@@ -255,6 +273,28 @@ struct MeshTransportTests {
         defer { Task { await again.service.stop() } }
         #expect(await eventually { again.service.members().first { $0.id == a.key.nodeID }?.status == .alive })
         #expect(await eventually { a.service.members().first { $0.id == b.key.nodeID }?.status == .alive })
+    }
+
+    /// b ran with a clock an hour fast (a remembers its stamps that far ahead), then restarts on a
+    /// corrected clock: it continues above the stamp it persisted, so a does not take it for a replay.
+    @Test func restartAfterTheClockSteppedBack_isNotTakenForAReplay() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        defer { Task { await a.service.stop() } }
+        let dir = temporaryDirectory("mesh-b")
+        let hourAhead = StampClock.wallMicros() + 3_600_000_000
+        let seeded = try MeshPersistence(path: dir + "/mesh.sqlite")
+        seeded.set("gossip_stamp", hourAhead)
+        seeded.close()
+        let b = try await Self.start(name: "b", seeds: [a.service.address], dataDir: dir)
+        #expect(await eventually { Self.aliveCount(a.service) == 1 && Self.aliveCount(b.service) == 1 })
+        await b.service.stop()
+        let persisted = try #require(try MeshPersistence(path: dir + "/mesh.sqlite").value("gossip_stamp"))
+        #expect(persisted > hourAhead, "the last stamp sent was persisted at stop")
+        let again = try await Self.start(name: "b", seeds: [a.service.address], key: b.key, dataDir: dir)
+        defer { Task { await again.service.stop() } }
+        let version = try #require(a.service.records().first { $0.record.origin == b.key.nodeID }?.record.version)
+        #expect(await eventually { (a.service.records().first { $0.record.origin == b.key.nodeID }?.record.version ?? 0) > version }, "a hears the restarted b")
+        #expect(a.rejections.value("replayed_packet") == 0 && a.rejections.value("stale_packet") == 0)
     }
 
     @Test func materialChange_isReadvertised_withAHigherVersion() async throws {

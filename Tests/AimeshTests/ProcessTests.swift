@@ -410,7 +410,7 @@ struct ProcessTests {
                                   "the aimesh executable is built next to the tests")
         #expect(FileManager.default.isExecutableFile(atPath: binary), "FuzzWire is built with the tests")
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz").path
-        for target in ["wire", "hop", "json", "sse", "config"] {
+        for target in ["wire", "hop", "json", "sse", "request", "upstream", "config"] {
             let files = try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(target)").map { "\(root)/\(target)/\($0)" }
             #expect(!files.isEmpty, "seeds for \(target)")
             let process = Process()

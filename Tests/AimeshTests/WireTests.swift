@@ -72,7 +72,7 @@ import Wire
             Self.expectRejected(tampered, "malformed")
         }
         // Cut anywhere.
-        for cut in stride(from: 4, to: good.count, by: 7) { Self.expectRejected(Array(good.prefix(cut)), cut < 101 ? "truncated" : "malformed") }
+        for cut in stride(from: 4, to: good.count, by: 7) { Self.expectRejected(Array(good.prefix(cut)), cut < 109 ? "truncated" : "malformed") }
         Self.expectRejected(good + [0], "malformed")  // trailing byte shifts the signature
         Self.expectRejected([UInt8](repeating: 0x41, count: WireLimits.maxUDPPacket + 1), "oversized")
     }
@@ -109,6 +109,7 @@ import Wire
             let header: [UInt8] = Packet.magic + [Packet.version, 0]
             var plain = ByteWriter()
             plain.raw(Self.key.publicKey)
+            plain.u64(1)
             plain.u8(1)
             plain.raw(body)
             let signature = Self.key.sign(header + plain.bytes)
@@ -148,7 +149,7 @@ import Wire
             // The signature covers every byte: any change, any cut, is refused (and nothing crashes).
             if bytes != good { #expect(throws: WireError.self, "round \(round)") { _ = try Packet.decode(bytes, meshKeys: []) } }
             // Bodies decoded directly (past the signature check) must fail cleanly too.
-            var reader = ByteReader(Array(bytes.dropFirst(37)))
+            var reader = ByteReader(Array(bytes.dropFirst(45)))
             _ = try? reader.message(maxBody: 1400)
         }
     }
