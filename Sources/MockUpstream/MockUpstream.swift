@@ -273,30 +273,57 @@ final class MockHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// A stream waiting for the client to read (the channel went unwritable): resumed when it drains.
+    var pendingStream: (events: ArraySlice<[UInt8]>, sent: Int, cutAfter: Int?, keepAlive: Bool)?
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let pending = pendingStream {
+            pendingStream = nil
+            sendEvents(context: context, events: pending.events, sent: pending.sent, cutAfter: pending.cutAfter, keepAlive: pending.keepAlive)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Writes events in a loop (paced by `eventInterval` when set), pausing while the client does not
+    /// read, so a long stream neither recurses nor piles up in memory.
     func sendEvents(context: ChannelHandlerContext, events: ArraySlice<[UInt8]>, sent: Int, cutAfter: Int?, keepAlive: Bool) {
-        guard context.channel.isActive else { return }
-        if let cutAfter, sent >= cutAfter {
-            _ = (context.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
-            context.close(promise: nil)
-            return
-        }
-        guard let first = events.first else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-                if !keepAlive { context.close(promise: nil) }
+        var events = events, sent = sent
+        while true {
+            guard context.channel.isActive else { return }
+            if let cutAfter, sent >= cutAfter {
+                context.flush()
+                _ = (context.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
+                context.close(promise: nil)
+                return
             }
-            return
-        }
-        var buffer = context.channel.allocator.buffer(capacity: first.count)
-        buffer.writeBytes(first)
-        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        let rest = events.dropFirst()
-        let interval = configuration.eventInterval
-        if interval > .zero && !rest.isEmpty {
-            context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(interval.components.seconds) * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)) { [self] in
-                self.sendEvents(context: context, events: rest, sent: sent + 1, cutAfter: cutAfter, keepAlive: keepAlive)
+            guard let first = events.popFirst() else {
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+                    if !keepAlive { context.close(promise: nil) }
+                }
+                return
             }
-        } else {
-            sendEvents(context: context, events: rest, sent: sent + 1, cutAfter: cutAfter, keepAlive: keepAlive)
+            var buffer = context.channel.allocator.buffer(capacity: first.count)
+            buffer.writeBytes(first)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            sent += 1
+            let interval = configuration.eventInterval
+            if interval > .zero && !events.isEmpty {
+                context.flush()
+                let rest = events, count = sent
+                context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(interval.components.seconds) * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)) { [self] in
+                    self.sendEvents(context: context, events: rest, sent: count, cutAfter: cutAfter, keepAlive: keepAlive)
+                }
+                return
+            }
+            if !context.channel.isWritable {
+                // A flush that drains at once turns the channel writable again (and fires the change
+                // while pendingStream is still nil): go on; otherwise wait for channelWritabilityChanged.
+                context.flush()
+                if context.channel.isWritable { continue }
+                pendingStream = (events, sent, cutAfter, keepAlive)
+                return
+            }
+            if sent % 64 == 0 { context.flush() }
         }
     }
 

@@ -192,10 +192,15 @@ public final class NodeRuntime: Sendable {
         // server.read_timeout: how long a connection may sit without sending a complete request — idle
         // keep-alive connections and slow senders (slowloris) alike are closed after it. A request being
         // answered (a long stream included) is never cut by it.
-        let readTimeout = configuration.server.readTimeout.components
+        // server.write_timeout: how long a client may leave its answer unread (WriteStallHandler).
+        let readTimeout = TimeAmount(configuration.server.readTimeout)
+        let writeTimeout = TimeAmount(configuration.server.writeTimeout)
+        let stalled = gateway.metrics.counter("aimesh_http_write_timeouts_total")
         let app = Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: .nanoseconds(readTimeout.seconds * 1_000_000_000 + readTimeout.attoseconds / 1_000_000_000))),
+            server: .http1(configuration: .init(
+                additionalChannelHandlers: [WriteStallHandler(timeout: writeTimeout, onTimeout: { stalled.increment() })],
+                idleTimeout: readTimeout)),
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "aimesh", backlog: 1024),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? listen.port

@@ -260,6 +260,7 @@ struct MeshTransportTests {
         #expect(await eventually { b.service.trust.revocations[kc.nodeID] != nil }, "the revocation spread")
         #expect(await eventually { !b.service.records().contains { $0.record.origin == kc.nodeID } })
         #expect(await eventually { b.service.members().first { $0.id == kc.nodeID }?.status != .alive }, "a revoked node's packets are refused, so it fails its probes")
+        #expect(await eventually(.seconds(5)) { a.rejections.value("revoked") >= 1 && b.rejections.value("revoked") >= 1 }, "and each is counted")
     }
 
     @Test func restartedNode_rejoinsAlone_fromThePeersItRemembered() async throws {

@@ -94,6 +94,29 @@ func closedByPeer(_ fd: Int32) -> Bool {
     return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
 }
 
+/// True when the node's end of this loopback connection (local port `apiPort`, remote: `fd`'s port)
+/// has left ESTABLISHED, read from /proc/net/tcp: the node closed it even if data is still in flight.
+func nodeSideClosed(_ fd: Int32, apiPort: Int) -> Bool {
+    guard let line = nodeSideSocket(fd, apiPort: apiPort) else { return true }  // gone from the table altogether
+    return line.split(separator: " ")[3] != "01"
+}
+
+/// The node's end of this loopback connection as /proc/net/tcp lists it (for diagnostics), nil when gone.
+func nodeSideSocket(_ fd: Int32, apiPort: Int) -> String? {
+    var address = sockaddr_in()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let named = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
+    }
+    guard named, let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return nil }
+    let local = String(format: "0100007F:%04X", apiPort), remote = String(format: "0100007F:%04X", Int(UInt16(bigEndian: address.sin_port)))
+    for line in table.split(separator: "\n") {
+        let fields = line.split(separator: " ")
+        if fields.count > 3, fields[1] == local, fields[2] == remote { return fields.joined(separator: " ") }
+    }
+    return nil
+}
+
 func freeLoopbackPort() throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
@@ -399,6 +422,80 @@ struct ProcessTests {
         #expect(await eventually(.seconds(10)) { idle.allSatisfy(closedByPeer) }, "idle connections closed after read_timeout")
         #expect(await eventually(.seconds(10)) { slow.allSatisfy(closedByPeer) }, "slow senders closed although they keep sending")
         dribble.cancel()
+        let (after, _) = try await client.send(.post("http://127.0.0.1:\(apiPort)/v1/chat/completions", json: chatBody("m", "after").bytes))
+        #expect(after.status == 200)
+    }
+
+    /// A client that asks for a long stream and then reads nothing (its window full, the node's queue
+    /// past the high-water mark) is cut off after `server.write_timeout`, counted, and the node keeps
+    /// serving; a client that reads is not cut.
+    @Test func clientThatStopsReading_isCutOffAfterTheWriteTimeout() async throws {
+        let client = CurlClient()
+        defer { client.shutdown() }
+        let mockPort = try freeLoopbackPort(), apiPort = try freeLoopbackPort()
+        let mock = try Child(["mock-upstream", "--listen", "127.0.0.1:\(mockPort)", "--name", "up"])
+        defer { mock.kill() }
+        let dir = temporaryDirectory("stalled-reader")
+        try """
+        node: { id: patient, data_dir: "\(dir)/data" }
+        server: { listen_addr: "127.0.0.1:\(apiPort)", write_timeout: 1s }
+        providers:
+          local: { type: local, base_url: "http://127.0.0.1:\(mockPort)/v1", models: [ { name: m } ] }
+        observability: { logging: { level: error } }
+        """.write(toFile: dir + "/node.yaml", atomically: true, encoding: .utf8)
+        let node = try Child(["node", "--config", dir + "/node.yaml"])
+        defer { node.kill() }
+        try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
+        try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+        func timeouts() async throws -> Int {
+            let (_, body) = try await client.send(OutboundRequest(url: "http://127.0.0.1:\(apiPort)/metrics"))
+            let line = String(decoding: body, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("aimesh_http_write_timeouts_total") }
+            return line.flatMap { $0.split(separator: " ").last }.flatMap { Int(Double($0) ?? 0) } ?? 0
+        }
+        #expect(try await timeouts() == 0)
+
+        // The mock echoes the prompt word by word: 5,000 words of 1,000 letters make a 6 MB stream.
+        let body = chatBody("m", String(repeating: String(repeating: "w", count: 1_000) + " ", count: 5_000), stream: true).bytes
+        let head = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
+        func ask(_ fd: Int32) {
+            var small: Int32 = 4096
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            let all = head + body
+            var sent = 0
+            while sent < all.count {
+                let n = all[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                guard n > 0 else { break }
+                sent += n
+            }
+        }
+        let stalled = try connectLoopback(apiPort)
+        defer { close(stalled) }
+        ask(stalled)
+        // A second client keeps reading (what arrives, every few milliseconds) all through the time the
+        // first one is cut.
+        let slow = try connectLoopback(apiPort)
+        defer { close(slow) }
+        ask(slow)
+        let reader = Task.detached {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            var total = 0
+            while !Task.isCancelled {
+                let n = recv(slow, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return (total, false) }
+                if n > 0 { total += n }
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return (total, true)
+        }
+        #expect(await eventually(.seconds(30)) { ((try? await timeouts()) ?? 0) >= 1 },
+                "the stalled reader was cut off; node side: \(nodeSideSocket(stalled, apiPort: apiPort) ?? "gone")")
+        // The node closed its end: the kernel lists the node's socket as past ESTABLISHED (FIN_WAIT …),
+        // though the bytes already queued toward this client still sit unread.
+        #expect(nodeSideClosed(stalled, apiPort: apiPort), "the stalled connection was closed by the node")
+        reader.cancel()
+        let (read, open) = await reader.value
+        #expect(open && read > 0, "the reading client kept its stream (read \(read) bytes)")
+        #expect(try await timeouts() == 1, "only the reader that stopped was cut")
         let (after, _) = try await client.send(.post("http://127.0.0.1:\(apiPort)/v1/chat/completions", json: chatBody("m", "after").bytes))
         #expect(after.status == 200)
     }
