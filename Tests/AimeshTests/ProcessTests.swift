@@ -381,26 +381,37 @@ struct ProcessTests {
         }
     }
 
-    /// Two thousand idle connections and a few slowloris senders (a request head dribbled out, never
-    /// finished) do not stop the node answering others, and `server.read_timeout` closes them all.
-    @Test func idleAndSlowlorisConnections_areClosedAfterTheReadTimeout_andOthersAreServed() async throws {
-        let client = CurlClient()
-        defer { client.shutdown() }
+    /// A mock upstream and a node in front of it (model `m`), with extra `server:` settings; both answer
+    /// before this returns.
+    static func startNodeOnMock(_ name: String, server: String, client: CurlClient) async throws -> (mock: Child, node: Child, apiPort: Int) {
         let mockPort = try freeLoopbackPort(), apiPort = try freeLoopbackPort()
         let mock = try Child(["mock-upstream", "--listen", "127.0.0.1:\(mockPort)", "--name", "up"])
-        defer { mock.kill() }
-        let dir = temporaryDirectory("slowloris")
+        let dir = temporaryDirectory(name)
         try """
         node: { id: patient, data_dir: "\(dir)/data" }
-        server: { listen_addr: "127.0.0.1:\(apiPort)", read_timeout: 1s }
+        server: { listen_addr: "127.0.0.1:\(apiPort)", \(server) }
         providers:
           local: { type: local, base_url: "http://127.0.0.1:\(mockPort)/v1", models: [ { name: m } ] }
         observability: { logging: { level: error } }
         """.write(toFile: dir + "/node.yaml", atomically: true, encoding: .utf8)
         let node = try Child(["node", "--config", dir + "/node.yaml"])
-        defer { node.kill() }
-        try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
-        try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+        do {
+            try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
+            try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+        } catch {
+            mock.kill(); node.kill()
+            throw error
+        }
+        return (mock, node, apiPort)
+    }
+
+    /// Two thousand idle connections and a few slowloris senders (a request head dribbled out, never
+    /// finished) do not stop the node answering others, and `server.read_timeout` closes them all.
+    @Test func idleAndSlowlorisConnections_areClosedAfterTheReadTimeout_andOthersAreServed() async throws {
+        let client = CurlClient()
+        defer { client.shutdown() }
+        let (mock, node, apiPort) = try await Self.startNodeOnMock("slowloris", server: "read_timeout: 1s", client: client)
+        defer { mock.kill(); node.kill() }
 
         let idle = try (0..<2000).map { _ in try connectLoopback(apiPort) }
         let slow = try (0..<20).map { _ in try connectLoopback(apiPort) }
@@ -432,21 +443,8 @@ struct ProcessTests {
     @Test func clientThatStopsReading_isCutOffAfterTheWriteTimeout() async throws {
         let client = CurlClient()
         defer { client.shutdown() }
-        let mockPort = try freeLoopbackPort(), apiPort = try freeLoopbackPort()
-        let mock = try Child(["mock-upstream", "--listen", "127.0.0.1:\(mockPort)", "--name", "up"])
-        defer { mock.kill() }
-        let dir = temporaryDirectory("stalled-reader")
-        try """
-        node: { id: patient, data_dir: "\(dir)/data" }
-        server: { listen_addr: "127.0.0.1:\(apiPort)", write_timeout: 1s }
-        providers:
-          local: { type: local, base_url: "http://127.0.0.1:\(mockPort)/v1", models: [ { name: m } ] }
-        observability: { logging: { level: error } }
-        """.write(toFile: dir + "/node.yaml", atomically: true, encoding: .utf8)
-        let node = try Child(["node", "--config", dir + "/node.yaml"])
-        defer { node.kill() }
-        try await waitForHTTP("http://127.0.0.1:\(mockPort)/_mock/stats", client: client)
-        try await waitForHTTP("http://127.0.0.1:\(apiPort)/health", client: client)
+        let (mock, node, apiPort) = try await Self.startNodeOnMock("stalled-reader", server: "write_timeout: 1s", client: client)
+        defer { mock.kill(); node.kill() }
         func timeouts() async throws -> Int {
             let (_, body) = try await client.send(OutboundRequest(url: "http://127.0.0.1:\(apiPort)/metrics"))
             let line = String(decoding: body, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("aimesh_http_write_timeouts_total") }
