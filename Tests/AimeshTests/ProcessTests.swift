@@ -455,9 +455,9 @@ struct ProcessTests {
         // The mock echoes the prompt word by word: 5,000 words of 1,000 letters make a 6 MB stream.
         let body = chatBody("m", String(repeating: String(repeating: "w", count: 1_000) + " ", count: 5_000), stream: true).bytes
         let head = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
-        func ask(_ fd: Int32) {
+        func ask(_ fd: Int32, smallWindow: Bool) {
             var small: Int32 = 4096
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            if smallWindow { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size)) }
             let all = head + body
             var sent = 0
             while sent < all.count {
@@ -468,29 +468,33 @@ struct ProcessTests {
         }
         let stalled = try connectLoopback(apiPort)
         defer { close(stalled) }
-        ask(stalled)
-        // A second client keeps reading (what arrives, every few milliseconds) all through the time the
-        // first one is cut.
+        ask(stalled, smallWindow: true)
+        // A second client asks for the same and keeps reading all through the time the first one is cut.
         let slow = try connectLoopback(apiPort)
         defer { close(slow) }
-        ask(slow)
-        let reader = Task.detached {
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
-            var total = 0
-            while !Task.isCancelled {
-                let n = recv(slow, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-                if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) { return (total, false) }
-                if n > 0 { total += n }
-                try? await Task.sleep(for: .milliseconds(5))
+        ask(slow, smallWindow: false)
+        // On its own thread with blocking reads, so a busy machine does not starve it for a write_timeout.
+        let stop = Counter()
+        var wait = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(slow, SOL_SOCKET, SO_RCVTIMEO, &wait, socklen_t(MemoryLayout<timeval>.size))
+        let reader = Task {
+            await offThePool { () -> (Int, Bool) in
+                var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                var total = 0
+                while stop.value("stop") == 0 {
+                    let n = recv(slow, &buffer, buffer.count, 0)
+                    if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return (total, false) }
+                    if n > 0 { total += n }
+                }
+                return (total, true)
             }
-            return (total, true)
         }
-        #expect(await eventually(.seconds(30)) { ((try? await timeouts()) ?? 0) >= 1 },
+        // The node closes its end of the stalled connection: the kernel lists the node's socket as past
+        // ESTABLISHED (FIN_WAIT …), though the bytes already queued toward this client sit unread.
+        #expect(await eventually(.seconds(30)) { nodeSideClosed(stalled, apiPort: apiPort) },
                 "the stalled reader was cut off; node side: \(nodeSideSocket(stalled, apiPort: apiPort) ?? "gone")")
-        // The node closed its end: the kernel lists the node's socket as past ESTABLISHED (FIN_WAIT …),
-        // though the bytes already queued toward this client still sit unread.
-        #expect(nodeSideClosed(stalled, apiPort: apiPort), "the stalled connection was closed by the node")
-        reader.cancel()
+        #expect(await eventually(.seconds(5)) { ((try? await timeouts()) ?? 0) >= 1 }, "and counted")
+        stop.add("stop")
         let (read, open) = await reader.value
         #expect(open && read > 0, "the reading client kept its stream (read \(read) bytes)")
         #expect(try await timeouts() == 1, "only the reader that stopped was cut")
