@@ -92,12 +92,20 @@ enum MeshSetup {
         do { persistence = try MeshPersistence(path: "\(dataDir)/mesh.sqlite") } catch {
             throw NodeStartupError("cannot open \(dataDir)/mesh.sqlite: \(error)")
         }
+        // Resolved once: the traffic callback runs for every gossip packet.
+        let traffic = Dictionary(uniqueKeysWithValues: ["udp", "tcp"].map { transport in
+            (transport, Dictionary(uniqueKeysWithValues: ["sent", "received"].map { direction in
+                let labels = [("transport", transport), ("direction", direction)]
+                return (direction, (bytes: metrics.counter("aimesh_gossip_bytes_total", labels), packets: metrics.counter("aimesh_gossip_packets_total", labels)))
+            }))
+        })
         return MeshService(identity: identity, certificate: certificateBytes, trust: trust, settings: settings, persistence: persistence, logger: logger,
                            onRejection: { reason in metrics.counter("aimesh_gossip_rejected_total", [("reason", reason)]).increment() },
                            onEvent: { event, _ in metrics.counter("aimesh_mesh_events_total", [("event", event)]).increment() },
                            onTraffic: { transport, direction, bytes in
-                               metrics.counter("aimesh_gossip_bytes_total", [("transport", transport), ("direction", direction)]).increment(by: Int64(bytes))
-                               metrics.counter("aimesh_gossip_packets_total", [("transport", transport), ("direction", direction)]).increment()
+                               guard let counters = traffic[transport]?[direction] else { return }
+                               counters.bytes.increment(by: Int64(bytes))
+                               counters.packets.increment()
                            })
     }
 

@@ -119,28 +119,12 @@ final class DatagramSocket: @unchecked Sendable {
     }
 
     static func peer(from storage: sockaddr_storage) -> PeerAddress? {
-        var storage = storage
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            return withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
-                    var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-                    var ip = address.pointee.sin_addr
-                    guard inet_ntop(AF_INET, &ip, &text, socklen_t(text.count)) != nil else { return nil }
-                    return PeerAddress(host: String(cString: text), port: UInt16(bigEndian: address.pointee.sin_port))
-                }
+        withUnsafeBytes(of: storage) { bytes -> SocketAddress? in
+            switch Int32(storage.ss_family) {
+            case AF_INET: return SocketAddress(bytes.load(as: sockaddr_in.self))
+            case AF_INET6: return SocketAddress(bytes.load(as: sockaddr_in6.self))
+            default: return nil
             }
-        case AF_INET6:
-            return withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { address in
-                    var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-                    var ip = address.pointee.sin6_addr
-                    guard inet_ntop(AF_INET6, &ip, &text, socklen_t(text.count)) != nil else { return nil }
-                    return PeerAddress(host: String(cString: text), port: UInt16(bigEndian: address.pointee.sin6_port))
-                }
-            }
-        default:
-            return nil
-        }
+        }?.peerAddress
     }
 }

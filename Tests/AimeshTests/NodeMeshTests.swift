@@ -66,6 +66,13 @@ struct NodeMeshTests {
 
             let metrics = try await b.get("/metrics").text
             #expect(metrics.contains("aimesh_mesh_events_total"))
+            // Gossip traffic is counted by transport and direction: b has sent and received UDP by now.
+            func value(_ name: String, _ labels: String) -> Double {
+                metrics.split(separator: "\n").first { $0.hasPrefix(name + "{") && $0.contains(labels) }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            }
+            #expect(value("aimesh_gossip_packets_total", #"transport="udp",direction="received""#) > 0)
+            #expect(value("aimesh_gossip_bytes_total", #"transport="udp",direction="sent""#) > value("aimesh_gossip_packets_total", #"transport="udp",direction="sent""#) * 100,
+                    "bytes, not packets: a signed packet is over 100 bytes")
         }
     }
 
