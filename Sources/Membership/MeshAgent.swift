@@ -124,7 +124,7 @@ public struct MeshAgent<Store: RecordStore>: Sendable {
             for (address, _) in lost.sorted(by: { $0.value < $1.value }).prefix(lost.count - settings.maxLost) { lost[address] = nil }
         }
         guard !lost.isEmpty else { return nil }
-        let candidates = lost.keys.sorted { $0.description < $1.description }
+        let candidates = lost.keys.sorted { ($0.host, $0.port) < ($1.host, $1.port) }
         return candidates[Int(random.next() % UInt64(candidates.count))]
     }
 

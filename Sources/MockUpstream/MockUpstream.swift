@@ -196,7 +196,7 @@ final class MockHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             self.respond(context: context, reply: reply, fault: fault, keepAlive: keepAlive, format: MockResponder.format(of: head.uri))
         }
         if delay > .zero {
-            loop.scheduleTask(in: .nanoseconds(Int64(delay.components.seconds) * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)) { run() }
+            loop.scheduleTask(in: TimeAmount(delay)) { run() }
         } else {
             run()
         }
@@ -310,7 +310,7 @@ final class MockHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if interval > .zero && !events.isEmpty {
                 context.flush()
                 let rest = events, count = sent
-                context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(interval.components.seconds) * 1_000_000_000 + interval.components.attoseconds / 1_000_000_000)) { [self] in
+                context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(interval)) { [self] in
                     self.sendEvents(context: context, events: rest, sent: count, cutAfter: cutAfter, keepAlive: keepAlive)
                 }
                 return

@@ -41,10 +41,3 @@ final class WriteStallHandler: ChannelInboundHandler, RemovableChannelHandler {
         timer = nil
     }
 }
-
-extension TimeAmount {
-    init(_ duration: Duration) {
-        let parts = duration.components
-        self = .nanoseconds(parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000)
-    }
-}
