@@ -94,10 +94,12 @@ func closedByPeer(_ fd: Int32) -> Bool {
     return count == 0 || (count < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
 }
 
-/// True when the node's end of this loopback connection (local port `apiPort`, remote: `fd`'s port)
-/// has left ESTABLISHED, read from /proc/net/tcp: the node closed it even if data is still in flight.
+/// True when the node's end of this loopback connection (local port `apiPort`, remote: `fd`'s port) is
+/// listed in /proc/net/tcp past ESTABLISHED: the node closed it while data toward the client is still
+/// queued (so the socket lingers in FIN_WAIT1). Not listed counts as not known yet — a read of the table
+/// can skip entries while other sockets come and go — so callers poll.
 func nodeSideClosed(_ fd: Int32, apiPort: Int) -> Bool {
-    guard let line = nodeSideSocket(fd, apiPort: apiPort) else { return true }  // gone from the table altogether
+    guard let line = nodeSideSocket(fd, apiPort: apiPort) else { return false }
     return line.split(separator: " ")[3] != "01"
 }
 
@@ -108,13 +110,31 @@ func nodeSideSocket(_ fd: Int32, apiPort: Int) -> String? {
     let named = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
     }
-    guard named, let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return nil }
+    // Read to the end in a loop: /proc files report size 0, and a one-shot read stops after the first
+    // page — with thousands of sockets open (the test suite runs in parallel) this one would be missed.
+    guard named, let file = fopen("/proc/net/tcp", "r") else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, file)
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    let table = String(decoding: bytes, as: UTF8.self)
     let local = String(format: "0100007F:%04X", apiPort), remote = String(format: "0100007F:%04X", Int(UInt16(bigEndian: address.sin_port)))
     for line in table.split(separator: "\n") {
         let fields = line.split(separator: " ")
         if fields.count > 3, fields[1] == local, fields[2] == remote { return fields.joined(separator: " ") }
     }
     return nil
+}
+
+/// The first bytes waiting on `fd`, left in place (for diagnostics).
+func peekText(_ fd: Int32, count: Int = 200) -> String {
+    var buffer = [UInt8](repeating: 0, count: count)
+    let n = recv(fd, &buffer, count, Int32(MSG_PEEK | MSG_DONTWAIT))
+    return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : "(nothing: \(n), errno \(errno))"
 }
 
 func freeLoopbackPort() throws -> Int {
@@ -443,7 +463,7 @@ struct ProcessTests {
     @Test func clientThatStopsReading_isCutOffAfterTheWriteTimeout() async throws {
         let client = CurlClient()
         defer { client.shutdown() }
-        let (mock, node, apiPort) = try await Self.startNodeOnMock("stalled-reader", server: "write_timeout: 1s", client: client)
+        let (mock, node, apiPort) = try await Self.startNodeOnMock("stalled-reader", server: "write_timeout: 1s, read_timeout: 300s", client: client)
         defer { mock.kill(); node.kill() }
         func timeouts() async throws -> Int {
             let (_, body) = try await client.send(OutboundRequest(url: "http://127.0.0.1:\(apiPort)/metrics"))
@@ -493,7 +513,8 @@ struct ProcessTests {
         // ESTABLISHED (FIN_WAIT …), though the bytes already queued toward this client sit unread.
         #expect(await eventually(.seconds(30)) { nodeSideClosed(stalled, apiPort: apiPort) },
                 "the stalled reader was cut off; node side: \(nodeSideSocket(stalled, apiPort: apiPort) ?? "gone")")
-        #expect(await eventually(.seconds(5)) { ((try? await timeouts()) ?? 0) >= 1 }, "and counted")
+        #expect(await eventually(.seconds(5)) { ((try? await timeouts()) ?? 0) >= 1 },
+                "and counted; node side: \(nodeSideSocket(stalled, apiPort: apiPort) ?? "gone"); the answer began: \(peekText(stalled))")
         stop.add("stop")
         let (read, open) = await reader.value
         #expect(open && read > 0, "the reading client kept its stream (read \(read) bytes)")
