@@ -73,6 +73,7 @@ let package = Package(
             dependencies: [
                 "MeshCore", "NodeConfig", "Routing", "Providers", "Ledger", "CurlHTTP", "Sodium",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

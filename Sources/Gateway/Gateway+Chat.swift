@@ -4,6 +4,7 @@ import Ledger
 import Logging
 import MeshCore
 import NIOCore
+import NIOPosix
 import Providers
 import Routing
 import Sodium
@@ -199,7 +200,7 @@ extension Gateway {
         let body = Gateway.withAIProxy(hit.body, closingBrace: closing, info: info)
         metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", "cache"), ("status", "200")]).increment()
         if let ledger, configuration.budget.trackCosts {
-            ledger.record(LedgerEntry(
+            record(in: ledger, LedgerEntry(
                 requestID: requestID, timestampMillis: wallClockMillis(), apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model,
                 route: [nodeName, "cache"], provider: "cache", node: nodeName, fromNode: options.fromNode, promptTokens: usage.promptTokens,
                 completionTokens: usage.completionTokens, cost: 0, latencyMillis: latency.millisecondsRounded, status: 200, outcome: "cache_hit",
@@ -527,7 +528,7 @@ extension Gateway {
             keyRequests.addTokens(key: key.name, tokens: usage.totalTokens, minute: KeyRequestCounts.minute(millis: now))
         }
         guard let ledger, configuration.budget.trackCosts else { return }
-        ledger.record(LedgerEntry(
+        record(in: ledger, LedgerEntry(
             requestID: requestID, timestampMillis: now, apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: path, provider: path.last, node: nodeName,
             fromNode: options.fromNode, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, tokensEstimated: usage.estimated,
             cost: cost, latencyMillis: latency.millisecondsRounded, status: status, outcome: outcome, attempts: attempts.count,
@@ -543,7 +544,7 @@ extension Gateway {
             metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()
         }
         guard let ledger, configuration.budget.trackCosts, !model.isEmpty else { return }
-        ledger.record(LedgerEntry(
+        record(in: ledger, LedgerEntry(
             requestID: requestID, timestampMillis: wallClockMillis(), apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: [nodeName], provider: nil, node: nodeName,
             fromNode: options.fromNode, latencyMillis: (ContinuousClock.now - start).millisecondsRounded, status: error.status, outcome: "error",
             attempts: attempts.count, attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error.message,
@@ -563,5 +564,16 @@ extension ByteBuffer {
         writeStaticString("data: ")
         writeBytes(data)
         writeStaticString("\n\n")
+    }
+}
+
+extension Gateway {
+    /// Hands an entry to the ledger. A wake-up of its writer waits until the event loop has finished the
+    /// current job, which writes this response: the client does not wait for a futex wake.
+    @discardableResult
+    func record(in ledger: Ledger, _ entry: LedgerEntry) -> UInt64 {
+        ledger.record(entry) { wake in
+            if let loop = MultiThreadedEventLoopGroup.currentEventLoop { loop.execute(wake) } else { wake() }
+        }
     }
 }

@@ -1,6 +1,8 @@
 @testable import Gateway
+import Ledger
 import Logging
 import MeshCore
+import NIOPosix
 import NodeConfig
 import Routing
 import Testing
@@ -107,6 +109,25 @@ struct RateLimitTests {
             #expect(try await node.get("/aiproxy/usage?group_by=colour").status == 400)
             #expect(try await node.get("/aiproxy/usage?since=yesterday-ish").status == 400)
         }
+    }
+
+    /// On an event loop the gateway wakes the ledger writer only after the current job (so after the response
+    /// is written); the entries must still reach the disk by themselves, with nobody flushing or hurrying.
+    @Test func ledgerWakeAfterTheResponse_stillCommits() async throws {
+        let node = try await TestNode.start(yaml: "providers: {}", name: "ledger-wake")
+        defer { Task { await node.stop() } }
+        let gateway = node.gateway
+        let ledger = try #require(gateway.ledger)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        for round in 1...3 {
+            // One at a time: each finds the writer idle again (after the first), so each needs its own wake-up.
+            let sequence = try await loop.submit {
+                #expect(MultiThreadedEventLoopGroup.currentEventLoop != nil)
+                return gateway.record(in: ledger, LedgerEntry(requestID: "wake-\(round)", timestampMillis: 0, model: "m", node: "n"))
+            }.get()
+            await ledger.waitUntilCommitted(sequence, hurry: false)
+        }
+        #expect(ledger.committedSequence >= 3)
     }
 
     @Test func since_acceptsMillisDatesAndSpans() {
