@@ -27,6 +27,9 @@ public final class CurlClient: Sendable {
 
     let engine: CurlEngine
 
+    /// How many times a stream was paused because its reader fell behind (back-pressure at work).
+    public var pauses: Int { engine.pauses.load(ordering: .relaxed) }
+
     public init(configuration: Configuration = Configuration()) {
         self.engine = CurlEngine(configuration: configuration)
     }
@@ -259,15 +262,18 @@ final class Transfer: @unchecked Sendable {
                 state.bodyContinuation = nil
                 return (waiter, true)
             }
-            state.chunks.append(bytes)
-            state.buffered += bytes.count
+            // Pausing refuses these bytes: curl keeps them and delivers them again after the unpause, so
+            // they must not be queued now (they once were, and a paused stream repeated a chunk).
             if state.buffered > self.pauseAbove {
                 state.paused = true
                 return (nil, false)
             }
+            state.chunks.append(bytes)
+            state.buffered += bytes.count
             return (nil, true)
         }
         if let waiter { handBack { waiter.resume(returning: bytes) } }
+        if !keepGoing { engine.pauses.add(1, ordering: .relaxed) }
         return keepGoing
     }
 

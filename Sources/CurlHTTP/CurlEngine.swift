@@ -22,6 +22,8 @@ final class CurlEngine: @unchecked Sendable {
     }
 
     let configuration: CurlClient.Configuration
+    /// Streams paused because their reader fell behind.
+    let pauses = Atomic<Int>(0)
     private let multi: UnsafeMutableRawPointer
     private let commands = Mutex<(queue: [Command], shutdown: Bool)>(([], false))
     private let epoll: Int32

@@ -68,6 +68,31 @@ import Glibc
         }
     }
 
+    /// A reader that falls behind pauses the transfer, and curl hands the refused bytes over again after the
+    /// unpause: none may be queued twice (they once were, and a paused stream repeated a chunk).
+    @Test func pausedStream_deliversEveryByteOnce() async throws {
+        var configuration = CurlClient.Configuration()
+        configuration.pauseAboveBufferedBytes = 2  // pause whenever a chunk waits unread
+        let client = CurlClient(configuration: configuration)
+        try await withMocks([.init(name: "m")]) { mocks in
+            // The mock echoes the prompt word by word: 2,000 numbered words of ~500 bytes, about 1 MB of stream.
+            let words = (0..<2_000).map { "w\($0)-" + String(repeating: "x", count: 500) }
+            let body = chatBody("x", words.joined(separator: " "), stream: true).bytes
+            let response = try await client.start(.post(mocks[0].baseURL + "/v1/chat/completions", json: body))
+            var parser = SSEParser()
+            var text = ""
+            while let chunk = try await response.next() {
+                for event in try parser.feed(chunk) where !event.isDone {
+                    text += try JSONParser.parse(event.data)["choices"]?[0]?["delta"]?["content"]?.stringValue ?? ""
+                }
+            }
+            let echoed = text.split(separator: " ").filter { $0.hasPrefix("w") && $0.contains("-") }.map(String.init)
+            #expect(client.pauses > 0, "the reader fell behind at least once, so the pause path was taken")
+            #expect(echoed.count == words.count)
+            #expect(echoed == words, "every word once, in order")
+        }
+    }
+
     /// A burst of streams to one cleartext upstream opens a connection each; none waits for another's
     /// connection to come free (it once did: with PIPEWAIT, most of a burst queued behind the first streams).
     @Test func burstOfStreams_allOpenAtOnce() async throws {
