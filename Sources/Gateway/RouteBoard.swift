@@ -54,29 +54,22 @@ public final class RouteBoard: Sendable {
     /// Admits a request on the route (false while its breaker is open or a half-open probe runs)
     /// and counts it in flight.
     public func begin(_ id: String, now: ContinuousClock.Instant) -> Bool {
+        // In place (the `default:` subscript): a copy out and back would copy the breaker's outcome
+        // window, up to 1,000 entries, on every request.
         stats.withLock { all in
-            var entry = all[id] ?? RouteStats(breaker: breakerSettings)
-            let admitted = entry.breaker.admit(at: now)
-            if admitted { entry.begin() }
-            all[id] = entry
+            let fresh = RouteStats(breaker: breakerSettings)
+            let admitted = all[id, default: fresh].breaker.admit(at: now)
+            if admitted { all[id, default: fresh].begin() }
             return admitted
         }
     }
 
     public func succeeded(_ id: String, latency: Duration, now: ContinuousClock.Instant) {
-        stats.withLock { all in
-            var entry = all[id] ?? RouteStats(breaker: breakerSettings)
-            entry.recordSuccess(latency: latency, at: now)
-            all[id] = entry
-        }
+        stats.withLock { all in all[id, default: RouteStats(breaker: breakerSettings)].recordSuccess(latency: latency, at: now) }
     }
 
     public func failed(_ id: String, now: ContinuousClock.Instant) {
-        stats.withLock { all in
-            var entry = all[id] ?? RouteStats(breaker: breakerSettings)
-            entry.recordFailure(at: now)
-            all[id] = entry
-        }
+        stats.withLock { all in all[id, default: RouteStats(breaker: breakerSettings)].recordFailure(at: now) }
     }
 
     public func ended(_ id: String) {

@@ -41,8 +41,12 @@ public struct CircuitBreaker: Sendable, Equatable {
     public let settings: Settings
     public private(set) var storedState: State = .closed
     public private(set) var consecutive = 0
-    /// Outcomes in the window: (time, success).
+    /// Outcomes, oldest first: (time, success). Those before `head` have left the window; they are dropped
+    /// in bulk, so a request costs O(1) instead of shifting the whole window.
     private var outcomes: [(ContinuousClock.Instant, Bool)] = []
+    private var head = 0
+    private var failuresInWindow = 0
+    private var countInWindow: Int { outcomes.count - head }
     private var openCount = 0
 
     public init(settings: Settings) { self.settings = settings }
@@ -82,7 +86,9 @@ public struct CircuitBreaker: Sendable, Equatable {
         case .halfOpen:
             storedState = .closed
             openCount = 0
-            outcomes.removeAll()
+            outcomes.removeAll(keepingCapacity: true)
+            head = 0
+            failuresInWindow = 0
         default: break
         }
     }
@@ -96,9 +102,8 @@ public struct CircuitBreaker: Sendable, Equatable {
         case .closed:
             if consecutive >= settings.consecutiveFailures {
                 trip(at: now)
-            } else if outcomes.count >= settings.minimumRequests {
-                let failures = outcomes.reduce(0) { $0 + ($1.1 ? 0 : 1) }
-                if Double(failures) / Double(outcomes.count) >= settings.failureRatio { trip(at: now) }
+            } else if countInWindow >= settings.minimumRequests {
+                if failureRatio >= settings.failureRatio { trip(at: now) }
             }
         case .open:
             break
@@ -107,8 +112,8 @@ public struct CircuitBreaker: Sendable, Equatable {
 
     /// Failure ratio over the window (0 when there are no outcomes).
     public var failureRatio: Double {
-        guard !outcomes.isEmpty else { return 0 }
-        return Double(outcomes.reduce(0) { $0 + ($1.1 ? 0 : 1) }) / Double(outcomes.count)
+        guard countInWindow > 0 else { return 0 }
+        return Double(failuresInWindow) / Double(countInWindow)
     }
 
     private mutating func trip(at now: ContinuousClock.Instant) {
@@ -119,10 +124,15 @@ public struct CircuitBreaker: Sendable, Equatable {
 
     private mutating func append(_ now: ContinuousClock.Instant, success: Bool) {
         outcomes.append((now, success))
+        if !success { failuresInWindow += 1 }
         let horizon = now - settings.window
-        if let firstKept = outcomes.firstIndex(where: { $0.0 >= horizon }), firstKept > 0 {
-            outcomes.removeFirst(firstKept)
+        while head < outcomes.count, outcomes[head].0 < horizon || countInWindow > 1000 {
+            if !outcomes[head].1 { failuresInWindow -= 1 }
+            head += 1
         }
-        if outcomes.count > 1000 { outcomes.removeFirst(outcomes.count - 1000) }
+        if head >= 512, head * 2 >= outcomes.count {
+            outcomes.removeFirst(head)
+            head = 0
+        }
     }
 }

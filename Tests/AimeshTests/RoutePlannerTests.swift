@@ -142,6 +142,25 @@ import Testing
         #expect(breaker.state(at: t0 + .seconds(12)) != .closed)
     }
 
+    /// The failure ratio counts the last 1,000 outcomes inside the window, across the bulk drops of old ones.
+    @Test func failureRatio_countsOnlyTheWindow() {
+        // A breaker that never opens, so only the window's arithmetic is seen (opening clears the window).
+        var breaker = CircuitBreaker(settings: .init(consecutiveFailures: .max, failureRatio: 2, minimumRequests: 10, window: .seconds(30)))
+        let t0 = ContinuousClock.now
+        for _ in 0..<700 { breaker.recordFailure(at: t0) }
+        #expect(breaker.failureRatio == 1)
+        for _ in 0..<1000 { breaker.recordSuccess(at: t0) }
+        #expect(breaker.failureRatio == 0, "the 700 failures fell out of the 1,000 kept")
+        for _ in 0..<250 { breaker.recordFailure(at: t0 + .seconds(1)) }
+        #expect(breaker.failureRatio == 0.25)
+        breaker.recordSuccess(at: t0 + .seconds(20))
+        #expect(abs(breaker.failureRatio - 250.0 / 1000.0) < 1e-9)
+        breaker.recordSuccess(at: t0 + .seconds(30) + .milliseconds(500))
+        #expect(abs(breaker.failureRatio - 250.0 / 252.0) < 1e-9, "outcomes at t0 are older than the 30 s window")
+        breaker.recordSuccess(at: t0 + .seconds(60))
+        #expect(breaker.failureRatio == 0, "only the last two successes are inside the window")
+    }
+
     @Test func afterTheOpenPeriod_halfOpenAdmitsExactlyOneProbe() {
         var breaker = CircuitBreaker(settings: settings)
         let t0 = ContinuousClock.now
