@@ -6,9 +6,20 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == NodeID.byteCount else { return nil }
-        var words: [UInt64] = [0, 0, 0, 0]
-        for (index, byte) in bytes.enumerated() { words[index / 8] = words[index / 8] << 8 | UInt64(byte) }
-        (a, b, c, d) = (words[0], words[1], words[2], words[3])
+        // No heap array: this runs for every forwarded request (hop headers) and every gossip record.
+        var (a, b, c, d): (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        var index = 0
+        for byte in bytes {
+            let value = UInt64(byte)
+            switch index >> 3 {
+            case 0: a = a << 8 | value
+            case 1: b = b << 8 | value
+            case 2: c = c << 8 | value
+            default: d = d << 8 | value
+            }
+            index += 1
+        }
+        (self.a, self.b, self.c, self.d) = (a, b, c, d)
     }
 
     /// From 64 hex digits.
@@ -23,10 +34,14 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 
     public var bytes: [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(32)
-        for word in [a, b, c, d] { for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8((word >> UInt64(shift)) & 0xff)) } }
-        return out
+        [UInt8](unsafeUninitializedCapacity: NodeID.byteCount) { buffer, count in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            raw.storeBytes(of: a.bigEndian, toByteOffset: 0, as: UInt64.self)
+            raw.storeBytes(of: b.bigEndian, toByteOffset: 8, as: UInt64.self)
+            raw.storeBytes(of: c.bigEndian, toByteOffset: 16, as: UInt64.self)
+            raw.storeBytes(of: d.bigEndian, toByteOffset: 24, as: UInt64.self)
+            count = NodeID.byteCount
+        }
     }
 
     public var hex: String { ByteEncoding.hex(bytes) }

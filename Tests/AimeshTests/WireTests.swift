@@ -5,6 +5,17 @@ import Testing
 import Wire
 
 @Suite struct WireTests {
+    @Test func nodeID_roundTripsThroughBytesHexAndSlices() throws {
+        let bytes = (0..<32).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+        let id = try #require(NodeID(bytes: bytes))
+        #expect(id.bytes == bytes)
+        #expect(NodeID(hex: id.hex) == id)
+        #expect(id.a == 0x0b30_557a_9fc4_e90e, "big-endian words, first byte most significant")
+        let framed = [0xEE] + bytes + [0xFF]
+        #expect(NodeID(bytes: framed[1..<33]) == id, "a slice that does not start at 0")
+        #expect(NodeID(bytes: bytes.dropLast()) == nil && NodeID(bytes: bytes + [0]) == nil)
+    }
+
     static let key = Ed25519.KeyPair(seed: [UInt8](repeating: 7, count: 32))!
     static let other = Ed25519.KeyPair(seed: [UInt8](repeating: 8, count: 32))!
     static let meshKey = Packet.MeshKey([UInt8](repeating: 1, count: 32))!
