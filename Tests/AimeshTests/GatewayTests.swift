@@ -323,6 +323,26 @@ struct GatewayTests {
         }
     }
 
+    /// `server.read_timeout` limits how long a connection may wait *for a request*; a stream being answered
+    /// for longer than that is not cut (the client sends nothing while it reads the answer).
+    @Test func streamLongerThanTheReadTimeout_isNotCut() async throws {
+        try await withMocks([.init(name: "slow", eventInterval: .milliseconds(150))]) { mocks in
+            let node = try await TestNode.start(yaml: """
+            providers:
+              only: { type: local, base_url: \(mocks[0].baseURL)/v1, models: [ { name: m } ] }
+            """, name: "longstream", serverExtra: "read_timeout: 1s")
+            defer { Task { await node.stop() } }
+            let words = (1...14).map { "w\($0)" }
+            let start = ContinuousClock.now
+            let (head, events) = try await node.stream(chatBody("m", words.joined(separator: " "), stream: true))
+            #expect(head.status == 200)
+            #expect(ContinuousClock.now - start > .seconds(1), "the stream outlasted the read timeout")
+            #expect(events.last?.isDone == true, "the stream ended with [DONE], not a cut")
+            let text = events.compactMap { try? JSONParser.parse($0.data)["choices"]?[0]?["delta"]?["content"]?.stringValue }.joined()
+            #expect(words.allSatisfy { text.contains($0) })
+        }
+    }
+
     @Test func clientGoingAway_midStream_cancelsTheUpstreamAndIsRecorded() async throws {
         try await withMocks([.init(name: "slow", eventInterval: .milliseconds(40))]) { mocks in
             let node = try await TestNode.start(yaml: """

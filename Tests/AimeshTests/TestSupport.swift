@@ -37,10 +37,12 @@ final class TestNode: Sendable {
     var base: String { "http://127.0.0.1:\(port)" }
     var gateway: Gateway { runtime.gateway }
 
-    static func start(yaml: String, environment: [String: String] = [:], name: String = "node", nodeExtra: String = "") async throws -> TestNode {
+    static func start(yaml: String, environment: [String: String] = [:], name: String = "node", nodeExtra: String = "",
+                      serverExtra: String = "") async throws -> TestNode {
         let dataDir = temporaryDirectory(name)
         let extra = nodeExtra.isEmpty ? "" : ", " + nodeExtra
-        let full = "node: { id: \(name), data_dir: \"\(dataDir)\"\(extra) }\nserver: { listen_addr: \"127.0.0.1:0\" }\n" + yaml
+        let server = serverExtra.isEmpty ? "" : ", " + serverExtra
+        let full = "node: { id: \(name), data_dir: \"\(dataDir)\"\(extra) }\nserver: { listen_addr: \"127.0.0.1:0\"\(server) }\n" + yaml
         let outcome = ConfigLoader.parse(yaml: full, file: "test.yaml", environment: environment)
         guard let configuration = outcome.configuration else { throw TestFailure("bad config: \(outcome.diagnostics)") }
         var logger = Logger(label: "test.\(name)")
