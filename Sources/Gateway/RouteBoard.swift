@@ -56,12 +56,7 @@ public final class RouteBoard: Sendable {
     public func begin(_ id: String, now: ContinuousClock.Instant) -> Bool {
         // In place (the `default:` subscript): a copy out and back would copy the breaker's outcome
         // window, up to 1,000 entries, on every request.
-        stats.withLock { all in
-            let fresh = RouteStats(breaker: breakerSettings)
-            let admitted = all[id, default: fresh].breaker.admit(at: now)
-            if admitted { all[id, default: fresh].begin() }
-            return admitted
-        }
+        stats.withLock { all in all[id, default: RouteStats(breaker: breakerSettings)].begin(at: now) }
     }
 
     public func succeeded(_ id: String, latency: Duration, now: ContinuousClock.Instant) {

@@ -29,7 +29,13 @@ public struct RouteStats: Sendable {
         self.alpha = alpha
     }
 
-    public mutating func begin() { inFlight += 1 }
+    /// Admits a request (false while the breaker is open or its half-open probe is out) and counts it in
+    /// flight when admitted.
+    public mutating func begin(at now: ContinuousClock.Instant) -> Bool {
+        guard breaker.admit(at: now) else { return false }
+        inFlight += 1
+        return true
+    }
 
     public mutating func end() { inFlight = max(0, inFlight - 1) }
 

@@ -110,18 +110,9 @@ func nodeSideSocket(_ fd: Int32, apiPort: Int) -> String? {
     let named = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) == 0 }
     }
-    // Read to the end in a loop: /proc files report size 0, and a one-shot read stops after the first
-    // page — with thousands of sockets open (the test suite runs in parallel) this one would be missed.
-    guard named, let file = fopen("/proc/net/tcp", "r") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, file)
-        if n <= 0 { break }
-        bytes += chunk[0..<n]
-    }
-    let table = String(decoding: bytes, as: UTF8.self)
+    // Read to the end (readSmallFile loops until EOF): /proc files report size 0, and a one-shot read stops
+    // after the first page — with thousands of sockets open (the suite runs in parallel) this one would be missed.
+    guard named, let table = readSmallFile("/proc/net/tcp", limit: 64 << 20) else { return nil }
     let local = String(format: "0100007F:%04X", apiPort), remote = String(format: "0100007F:%04X", Int(UInt16(bigEndian: address.sin_port)))
     for line in table.split(separator: "\n") {
         let fields = line.split(separator: " ")

@@ -142,6 +142,20 @@ import Testing
         #expect(breaker.state(at: t0 + .seconds(12)) != .closed)
     }
 
+    @Test func routeStatsBegin_admitsThroughTheBreakerAndCountsInFlight() {
+        var stats = RouteStats(breaker: settings)
+        let t0 = ContinuousClock.now
+        let first = stats.begin(at: t0)
+        #expect(first && stats.inFlight == 1)
+        for _ in 0..<3 { stats.recordFailure(at: t0) }
+        let whileOpen = stats.begin(at: t0 + .seconds(1))
+        #expect(!whileOpen, "three failures opened the breaker")
+        #expect(stats.inFlight == 1, "a refused request is not counted in flight")
+        let probe = stats.begin(at: t0 + .seconds(11)), second = stats.begin(at: t0 + .seconds(11))
+        #expect(probe, "half-open after the open period: one probe")
+        #expect(!second && stats.inFlight == 2, "and only one")
+    }
+
     /// The failure ratio counts the last 1,000 outcomes inside the window, across the bulk drops of old ones.
     @Test func failureRatio_countsOnlyTheWindow() {
         // A breaker that never opens, so only the window's arithmetic is seen (opening clears the window).
