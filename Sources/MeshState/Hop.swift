@@ -98,3 +98,46 @@ public struct AdminSignature: Sendable {
         return signer
     }
 }
+
+/// Remembers which forwarded requests (sender and request id) a node has accepted, long enough to refuse
+/// a replayed `x-aiproxy-hop` header for as long as its timestamp would pass (`window` either side of
+/// now), at O(1) per request: two generations of `2 × window`, the older dropped whole when time moves on.
+/// A header first seen at t can be replayed until its timestamp + window ≤ t + 2 × window, and an entry
+/// outlives its insertion by at least one generation. Entries are 64-bit hashes (Swift's `Hasher`, seeded
+/// at random per process), so a busy node keeps 8 bytes per request, not a string.
+public struct HopReplayFilter: Sendable {
+    public let generationMillis: Int64
+    private var current: Set<UInt64> = []
+    private var previous: Set<UInt64> = []
+    private var currentStart: Int64?
+
+    public init(windowMillis: Int64) {
+        generationMillis = max(1, 2 * windowMillis)
+    }
+
+    /// True the first time (sender, request id) is seen within the remembered span; false for a replay.
+    public mutating func firstSighting(from sender: NodeID, requestID: String, nowMillis: Int64) -> Bool {
+        rotate(nowMillis: nowMillis)
+        var hasher = Hasher()
+        hasher.combine(sender)
+        hasher.combine(requestID)
+        let key = UInt64(bitPattern: Int64(hasher.finalize()))
+        if previous.contains(key) { return false }
+        return current.insert(key).inserted
+    }
+
+    /// Requests remembered now.
+    public var count: Int { current.count + previous.count }
+
+    private mutating func rotate(nowMillis: Int64) {
+        guard let start = currentStart else {
+            currentStart = nowMillis
+            return
+        }
+        let age = nowMillis - start
+        guard age >= generationMillis else { return }
+        previous = age >= 2 * generationMillis ? [] : current
+        current = []
+        currentStart = nowMillis
+    }
+}

@@ -80,7 +80,7 @@ public final class MeshService: Service, Sendable {
     let tcp: Mutex<(any Channel)?> = Mutex(nil)
     let bound = Eventual<Int>()
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
-    let seenHops: Mutex<[String: Int64]> = Mutex([:])
+    let seenHops: Mutex<HopReplayFilter>
     let origin = ContinuousClock.now
     /// Stamps for outgoing packets, kept ahead of what peers have seen across restarts (`gossip_stamp`).
     let stamps: StampClock
@@ -99,6 +99,7 @@ public final class MeshService: Service, Sendable {
         self.identity = identity
         self.certificate = certificate
         self.settings = settings
+        self.seenHops = Mutex(HopReplayFilter(windowMillis: settings.hopWindowMillis))
         self.logger = logger
         self.persistence = persistence
         self.onRejection = onRejection
@@ -662,14 +663,8 @@ public final class MeshService: Service, Sendable {
             return refuse("loop", "the request already passed through this node")
         }
         guard header.visited.count <= settings.maxHops else { return refuse("hops", "the request exceeded max_hops (\(settings.maxHops))") }
-        let key = header.from.hex + "/" + header.requestID
-        let replay = seenHops.withLock { seen -> Bool in
-            if seen.count > 50_000 { seen = seen.filter { wall - $0.value < 2 * settings.hopWindowMillis } }
-            if seen[key] != nil { return true }
-            seen[key] = wall
-            return false
-        }
-        guard !replay else { return refuse("replay", "this forwarded request was already received") }
+        let fresh = seenHops.withLock { $0.firstSighting(from: header.from, requestID: header.requestID, nowMillis: wall) }
+        guard fresh else { return refuse("replay", "this forwarded request was already received") }
         return .success(VerifiedHop(from: header.from, fromName: name.map { $0.isEmpty ? header.from.short : $0 } ?? header.from.short, visited: header.visited))
     }
 

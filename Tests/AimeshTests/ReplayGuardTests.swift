@@ -1,4 +1,5 @@
 import MeshCore
+import MeshState
 import Sodium
 import Testing
 import Wire
@@ -90,5 +91,40 @@ import Wire
         var old = packet
         old[2] = 1
         #expect(throws: WireError.unsupportedVersion(1)) { _ = try Packet.decode(old, meshKeys: []) }
+    }
+
+    /// Forwarded requests (x-aiproxy-hop): each accepted once for as long as its timestamp passes the
+    /// window (30 s either side), in O(1) per request at any rate.
+    @Test func hopReplayFilter_remembersForTwoWindows_andForgetsLater() {
+        let window: Int64 = 30_000
+        var filter = HopReplayFilter(windowMillis: window)
+        let start: Int64 = 1_800_000_000_000
+        func fresh(_ sender: NodeID, _ id: String, _ now: Int64) -> Bool { filter.firstSighting(from: sender, requestID: id, nowMillis: now) }
+        #expect(fresh(Self.a, "r1", start))
+        #expect(!fresh(Self.a, "r1", start))
+        #expect(fresh(Self.b, "r1", start), "another sender's id is another request")
+        // Seen just before the generation turns over: still remembered a full two windows later, when a
+        // header stamped at its first sighting minus the window has long stopped passing the time check.
+        let late = start + 2 * window - 1
+        #expect(fresh(Self.a, "r2", late))
+        #expect(!fresh(Self.a, "r1", start + 2 * window), "r1 moved to the older generation")
+        #expect(!fresh(Self.a, "r2", late + 2 * window - 1))
+        // Long after, old entries are dropped whole and the memory is back to what is recent.
+        let later = late + 10 * window
+        #expect(fresh(Self.a, "r3", later))
+        #expect(filter.count == 1)
+        #expect(fresh(Self.a, "r1", later), "forgotten: its header is long stale")
+    }
+
+    @Test func hopReplayFilter_keepsEveryRequestOfABusyMinute() {
+        var filter = HopReplayFilter(windowMillis: 30_000)
+        let start: Int64 = 1_800_000_000_000
+        // 200,000 forwarded requests over 60 s (3,333/s): every one fresh once, every one a replay after.
+        var fresh = 0, replays = 0
+        for i in 0..<200_000 where filter.firstSighting(from: Self.a, requestID: "req_\(i)", nowMillis: start + Int64(i) * 60_000 / 200_000) { fresh += 1 }
+        for i in stride(from: 0, to: 200_000, by: 97) where !filter.firstSighting(from: Self.a, requestID: "req_\(i)", nowMillis: start + 60_000) { replays += 1 }
+        #expect(fresh == 200_000)
+        #expect(replays == (200_000 + 96) / 97)
+        #expect(filter.count == 200_000)
     }
 }
