@@ -27,6 +27,11 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         let text = String(decoding: bytes, as: UTF8.self)
         if let header = try? HopHeader(value: text) { _ = header.isSignatureValid }
         _ = AdminSignature.verify(text, method: "GET", target: "/aiproxy/mesh/table", nowMillis: 0)
+        // The other header values a client sends that are more than strings: x-aiproxy-timeout and
+        // x-aiproxy-cache-ttl (a duration, bare numbers in ms or s), sizes and durations in config.
+        _ = Units.parseDuration(text)
+        _ = Units.parseDuration(text + "ms")
+        _ = Units.parseByteSize(text)
     case .json:
         _ = try? JSONParser.parse(bytes)
         if let top = try? JSONParser.parseTopLevelObject(bytes) { _ = top }

@@ -4,7 +4,13 @@ public enum Units {
     public static func parseDuration(_ text: String) -> Duration? {
         let text = text.trimmingWhitespace()
         guard !text.isEmpty else { return nil }
-        if let seconds = Double(text), seconds.isFinite, seconds >= 0 { return .milliseconds(Int64((seconds * 1000).rounded())) }
+        if let seconds = Double(text) {
+            // A bare number is seconds, in any spelling Double reads ("1e3" too): refuse what no Duration
+            // holds (about 292 years) instead of trapping on the conversion.
+            let millis = (seconds * 1000).rounded()
+            guard millis.isFinite, millis >= 0, millis < 9e15 else { return nil }
+            return .milliseconds(Int64(millis))
+        }
         var total = Duration.zero
         var rest = Substring(text)
         while !rest.isEmpty {

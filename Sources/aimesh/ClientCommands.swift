@@ -177,7 +177,7 @@ struct ModelsCommand: AsyncParsableCommand {
                     name, provider["name"]?.stringValue ?? "?", provider["node"]?.stringValue ?? "-", provider["kind"]?.stringValue ?? "-",
                     Table.money(provider["input_cost_per_1m"]?.doubleValue), Table.money(provider["output_cost_per_1m"]?.doubleValue),
                     provider["available"]?.boolValue == false ? "no" : "yes",
-                    provider["avg_latency_ms"]?.doubleValue.map { "\(Int($0.rounded())) ms" } ?? "-",
+                    provider["avg_latency_ms"]?.doubleValue.flatMap { Int(exactly: $0.rounded()).map { "\($0) ms" } } ?? "-",
                 ])
             }
         }

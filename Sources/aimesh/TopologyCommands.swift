@@ -12,7 +12,7 @@ enum TopologyRender {
                 return "\(model["name"]?.stringValue ?? "?") (\(model["kind"]?.stringValue ?? "?"), \(price))"
             }
             let gpus = (node["gpus"]?.arrayValue ?? []).compactMap { $0["name"]?.stringValue }
-            let load = node["load"]?.doubleValue.map { "\(Int(($0 * 100).rounded()))%" } ?? "-"
+            let load = node["load"]?.doubleValue.flatMap { Int(exactly: ($0 * 100).rounded()).map { "\($0)%" } } ?? "-"
             rows.append([name, node["status"]?.stringValue ?? "?", node["region"]?.stringValue ?? "-", node["type"]?.stringValue ?? "-", load,
                          gpus.isEmpty ? "-" : gpus.joined(separator: ", "), models.isEmpty ? "-" : models.joined(separator: "; ")])
         }
@@ -97,7 +97,7 @@ struct PeersCommand: AsyncParsableCommand {
         for peer in status["peers"]?.arrayValue ?? [] {
             rows.append([peer["id"]?.stringValue ?? "?", peer["status"]?.stringValue ?? "?", peer["addr"]?.stringValue ?? "-", peer["api"]?.stringValue ?? "-",
                          peer["latency_ms"]?.doubleValue.map { TopologyRender.format3($0) + " ms" } ?? "-",
-                         peer["load"]?.doubleValue.map { "\(Int(($0 * 100).rounded()))%" } ?? "-",
+                         peer["load"]?.doubleValue.flatMap { Int(exactly: ($0 * 100).rounded()).map { "\($0)%" } } ?? "-",
                          (peer["models_available"]?.arrayValue ?? []).compactMap(\.stringValue).joined(separator: ", ")])
         }
         print(Table.render(rows))

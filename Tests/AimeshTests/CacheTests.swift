@@ -35,6 +35,12 @@ struct CacheTests {
             let (head, _) = try await node.stream(chatBody("cached", "same question", stream: true))
             #expect(head.header("x-aiproxy-cache") == nil && mocks[0].requestCount == 6)
             #expect(try await node.post("/v1/chat/completions", chatBody("plain", "q"), headers: [("x-aiproxy-cache-ttl", "forever")]).status == 400)
+            // Numbers no duration holds are a 400 too (they trapped the node before).
+            for huge in ["1e30", "99999999999999999999999"] {
+                #expect(try await node.post("/v1/chat/completions", chatBody("plain", "q"), headers: [("x-aiproxy-cache-ttl", huge)]).status == 400)
+                #expect(try await node.post("/v1/chat/completions", chatBody("plain", "q"), headers: [("x-aiproxy-timeout", huge)]).status == 400)
+            }
+            #expect(try await node.get("/health").status == 200)
             await node.gateway.ledger?.flush()
             let rows = try LedgerReader(path: node.dataDir + "/ledger.sqlite").recent(limit: 50)
             #expect(rows.filter { $0.outcome == "cache_hit" }.count == 2)
