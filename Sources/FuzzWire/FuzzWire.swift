@@ -25,7 +25,7 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     case .wire: fuzzMeshDecoders(bytes)
     case .hop:
         let text = String(decoding: bytes, as: UTF8.self)
-        if let header = try? HopHeader(value: text) { _ = header.isSignatureValid }
+        if let header = try? HopHeader(value: text) { _ = header.isValid(key: FuzzKeys.hop) }
         _ = AdminSignature.verify(text, method: "GET", target: "/aiproxy/mesh/table", nowMillis: 0)
         // The other header values a client sends that are more than strings: x-aiproxy-timeout and
         // x-aiproxy-cache-ttl (a duration, bare numbers in ms or s), sizes and durations in config.
@@ -75,6 +75,7 @@ func fuzzMeshDecoders(_ bytes: [UInt8]) {
 enum FuzzKeys {
     static let mesh = Packet.MeshKey([UInt8](repeating: 3, count: 32))!
     static let signer = Ed25519.KeyPair(seed: [UInt8](repeating: 4, count: 32))!
+    static let hop = SecretBytes([UInt8](repeating: 5, count: 32))
 
     /// Valid encodings of every shape, as a starting corpus.
     static func corpus() -> [[UInt8]] {

@@ -72,7 +72,7 @@ final class MeshRoutes: RemoteRouteSource {
                 advertisedLoad: load, errorRate: errorRate)
             let signer: OpenAIAdapter.BodySigner = { body, requestID in
                 // A fresh id per attempt: a retry is not a replay.
-                [(name: HopHeader.name, value: service.signHop(requestID: requestID + "." + ByteEncoding.hex(Sodium.randomBytes(4)), body: body, visited: visitedIDs))]
+                [(name: HopHeader.name, value: service.signHop(requestID: requestID + "." + ByteEncoding.hex(Sodium.randomBytes(4)), body: body, visited: visitedIDs, to: record.origin))]
             }
             let base = record.apiAddress.hasSuffix("/") ? String(record.apiAddress.dropLast()) : record.apiAddress
             let forwarding = OpenAIAdapter(name: name, baseURL: base + "/v1", apiKey: nil, client: client, requestStreamUsage: true, signer: signer)

@@ -43,6 +43,18 @@ public enum Sodium {
         return out
     }
 
+    /// A 32-byte key derived from a secret: BLAKE2b-256 of `label ‖ secret ‖ context` (the copy holding the
+    /// secret is zeroed).
+    public static func deriveKey(label: [UInt8], secret: SecretBytes, context: [UInt8]) -> SecretBytes {
+        var input = label
+        secret.withBytes { input += $0 }
+        input += context
+        defer { input.withUnsafeMutableBytes { sodium_memzero($0.baseAddress, $0.count) } }
+        var key = hash(input, outputBytes: 32)
+        defer { key.withUnsafeMutableBytes { sodium_memzero($0.baseAddress, $0.count) } }
+        return SecretBytes(key)
+    }
+
     /// SHA-256 of `data`.
     public static func sha256(_ data: [UInt8]) -> [UInt8] {
         precondition(initialize())
@@ -206,6 +218,16 @@ public enum SealedBox {
         init(publicKey: [UInt8], secretKey: SecretBytes) {
             self.publicKey = publicKey
             self.secretKey = secretKey
+        }
+
+        /// X25519: the secret this key pair shares with the holder of the Curve25519 `publicKey`; nil for
+        /// a key that is not a point of the curve's main group (libsodium refuses low-order points).
+        public func sharedSecret(with publicKey: [UInt8]) -> SecretBytes? {
+            guard publicKey.count == publicKeyBytes else { return nil }
+            var shared = [UInt8](repeating: 0, count: Int(crypto_scalarmult_bytes()))
+            defer { shared.withUnsafeMutableBytes { sodium_memzero($0.baseAddress, $0.count) } }
+            let status = secretKey.withBytes { sk in crypto_scalarmult(&shared, sk, publicKey) }
+            return status == 0 ? SecretBytes(shared) : nil
         }
 
         public func open(_ box: [UInt8]) -> [UInt8]? {

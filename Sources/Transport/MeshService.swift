@@ -81,6 +81,9 @@ public final class MeshService: Service, Sendable {
     let bound = Eventual<Int>()
     let resolved: Mutex<[PeerAddress: SocketAddress]> = Mutex([:])
     let seenHops: Mutex<HopReplayFilter>
+    /// This node's key for X25519 (its Ed25519 key converted) and the hop keys derived with peers.
+    let exchangeKey: SealedBox.KeyPair
+    let hopKeys = Mutex<[NodeID: SecretBytes]>([:])
     let origin = ContinuousClock.now
     /// Stamps for outgoing packets, kept ahead of what peers have seen across restarts (`gossip_stamp`).
     let stamps: StampClock
@@ -100,6 +103,7 @@ public final class MeshService: Service, Sendable {
         self.certificate = certificate
         self.settings = settings
         self.seenHops = Mutex(HopReplayFilter(windowMillis: settings.hopWindowMillis))
+        self.exchangeKey = SealedBox.KeyPair(converting: identity)
         self.logger = logger
         self.persistence = persistence
         self.onRejection = onRejection
@@ -633,8 +637,25 @@ public final class MeshService: Service, Sendable {
     }
 
     /// The header for forwarding `body` to a peer; `visited` is what this request carried in (this node is appended).
-    public func signHop(requestID: String, body: [UInt8], visited: [NodeID]) -> String {
-        HopHeader.sign(from: identity, requestID: requestID, timestampMillis: wallClockMillis(), body: body, visited: visited + [nodeID]).value
+    /// The `x-aiproxy-hop` value for a request forwarded to `peer` (version 2, under the key this node
+    /// shares with it; a version 1 signature if no key can be derived, which a real node id never causes).
+    public func signHop(requestID: String, body: [UInt8], visited: [NodeID], to peer: NodeID) -> String {
+        let now = wallClockMillis()
+        guard let key = hopKey(for: peer) else {
+            return HopHeader.sign(from: identity, requestID: requestID, timestampMillis: now, body: body, visited: visited + [nodeID]).value
+        }
+        return HopHeader.authenticate(from: nodeID, to: peer, key: key, requestID: requestID, timestampMillis: now, body: body, visited: visited + [nodeID]).value
+    }
+
+    /// The hop key shared with `peer`, derived once (an X25519 exchange) and kept.
+    func hopKey(for peer: NodeID) -> SecretBytes? {
+        if let key = hopKeys.withLock({ $0[peer] }) { return key }
+        guard let key = HopKey.derive(own: exchangeKey, ownID: nodeID, peer: peer) else { return nil }
+        hopKeys.withLock { keys in
+            if keys.count >= 4096 { keys.removeAll() }
+            keys[peer] = key
+        }
+        return key
     }
 
     /// Checks a forwarded request: a live, trusted member signed it, recently, for exactly this body,
@@ -654,7 +675,10 @@ public final class MeshService: Service, Sendable {
         guard let member, member.status == .alive || member.status == .suspect, trusted else {
             return refuse("not_member", "forwarded requests are accepted only from live members of this mesh")
         }
-        guard header.isSignatureValid else { return refuse("bad_signature", "the x-aiproxy-hop signature does not verify") }
+        if let to = header.to, to != nodeID { return refuse("misdirected", "the x-aiproxy-hop header is addressed to another node") }
+        guard header.isValid(key: header.to == nil ? nil : hopKey(for: header.from)) else {
+            return refuse("bad_signature", "the x-aiproxy-hop signature does not verify")
+        }
         guard abs(wall - header.timestampMillis) <= settings.hopWindowMillis else {
             return refuse("stale", "the x-aiproxy-hop timestamp is outside the accepted window")
         }

@@ -178,9 +178,19 @@ struct MeshForwardTests {
             let loop = HopHeader.sign(from: aKey, requestID: "r6", timestampMillis: now, body: body, visited: [cID, aKey.nodeID]).value
             #expect(try await post(loop).status == 403, "already visited")
             #expect(try await post("not base64 !!").status == 403)
-            #expect(mocks[0].requestCount == 1, "only the genuine forward reached the model")
+            // Version 2 (what nodes send): a MAC under the key a and c share.
+            let hopKey = try #require(HopKey.derive(own: SealedBox.KeyPair(converting: aKey), ownID: aKey.nodeID, peer: cID))
+            let v2 = HopHeader.authenticate(from: aKey.nodeID, to: cID, key: hopKey, requestID: "r7", timestampMillis: now, body: body, visited: [aKey.nodeID]).value
+            #expect(try await post(v2).status == 200, "a version 2 forward is served")
+            #expect(try await post(v2).status == 403, "and refused when replayed")
+            let elsewhere = HopHeader.authenticate(from: aKey.nodeID, to: stranger.nodeID, key: hopKey, requestID: "r8", timestampMillis: now, body: body, visited: [aKey.nodeID]).value
+            #expect(try await post(elsewhere).status == 403, "addressed to another node")
+            let strangerKey = try #require(HopKey.derive(own: SealedBox.KeyPair(converting: stranger), ownID: stranger.nodeID, peer: cID))
+            let wrongKey = HopHeader.authenticate(from: aKey.nodeID, to: cID, key: strangerKey, requestID: "r9", timestampMillis: now, body: body, visited: [aKey.nodeID]).value
+            #expect(try await post(wrongKey).status == 403, "a MAC a did not make")
+            #expect(mocks[0].requestCount == 2, "only the genuine forwards reached the model")
             let metrics = try await c.get("/metrics").text
-            #expect(metrics.contains("hop_replay") && metrics.contains("hop_not_member"))
+            #expect(metrics.contains("hop_replay") && metrics.contains("hop_not_member") && metrics.contains("hop_misdirected"))
         }
     }
 
