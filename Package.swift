@@ -110,6 +110,7 @@ let package = Package(
             dependencies: [
                 "Node", "NodeConfig", "MockUpstream", "CurlHTTP", "MeshCore", "MeshState", "Sodium", "MeshSim", "Membership",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -33,7 +33,7 @@ struct Aimesh: AsyncParsableCommand {
         version: version,
         subcommands: [
             NodeCommand.self, ChatCommand.self, ModelsCommand.self, TopologyCommand.self, PeersCommand.self, UsageCommand.self, ConfigCommand.self, DemoCommand.self,
-            IDCommand.self, MeshCommand.self, KeysCommand.self, MockUpstreamCommand.self, SimCommand.self, VersionCommand.self,
+            IDCommand.self, MeshCommand.self, KeysCommand.self, MockUpstreamCommand.self, FloorServerCommand.self, SimCommand.self, VersionCommand.self,
         ]
     )
 }
