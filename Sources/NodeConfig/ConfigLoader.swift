@@ -36,6 +36,10 @@ public enum ConfigLoader {
     }
 
     public static func parse(yaml text: String, file: String = "<config>", environment: [String: String] = [:]) -> Outcome {
+        if let line = YAMLAliasGuard.firstAlias(in: text) {
+            return Outcome(configuration: nil, diagnostics: [ConfigDiagnostic(file: file, line: line, field: "", message:
+                "YAML aliases (*name) are not accepted in aimesh configs (a few nested ones can stand for a document too large to load): write the value out, or quote it if it is text starting with '*'")])
+        }
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)

@@ -28,6 +28,34 @@ import Testing
           failover: { enabled: true, max_retries: 3, retry_delay: 200ms }
         """
 
+    /// A config the fuzzer found: nested aliases used as a mapping key kept the YAML library busy for good.
+    /// Aliases are refused before it sees them, with the line; `*` in quotes, comments and text is fine.
+    @Test func yamlAliases_areRefusedWithTheirLine_beforeTheYAMLLibraryExpandsThem() {
+        var laughs = ["node: { id: n }", "x: &a0 [x, x]"]
+        for i in 1..<40 { laughs.append("x\(i): &a\(i) [*a\(i - 1), *a\(i - 1)]") }
+        laughs.append("boom: { *a39 : 1 }")
+        let outcome = ConfigLoader.parse(yaml: laughs.joined(separator: "\n"), file: "laughs.yaml")
+        #expect(outcome.configuration == nil)
+        #expect(outcome.diagnostics.first?.line == 3 && outcome.diagnostics.first?.message.contains("aliases") == true, "\(outcome.diagnostics)")
+        let plain = """
+            node: { id: n }   # *not an alias
+            security:
+              cors: { enabled: true, allowed_origins: ["*", '*.example.com'] }
+            providers:
+              p:
+                type: local
+                base_url: "http://127.0.0.1:9/v1"   # don't *worry
+                models: [ { name: m, upstream_model: 'it''s *fine' } ]
+            """
+        let accepted = ConfigLoader.parse(yaml: plain, file: "plain.yaml")
+        #expect(!accepted.diagnostics.contains { $0.message.contains("aliases") }, "\(accepted.diagnostics)")
+        #expect(YAMLAliasProbe.line("a: |\n  *bold* text\n  more *text\nb: 1\n") == nil, "a block scalar is text")
+        #expect(YAMLAliasProbe.line("a: |\n  *bold*\nb: *ref\n") == 3, "the block ends where the indentation does")
+        #expect(YAMLAliasProbe.line("a: \"multi\n  *line\"\nb: [*x]\n") == 3, "a quoted scalar spans lines")
+        #expect(YAMLAliasProbe.line("a: [*]\nb: *\n") == nil, "a lone * is not an alias")
+        #expect(YAMLAliasProbe.line("- &anchor value\n- x\n") == nil, "anchors alone are fine")
+    }
+
     @Test func issueExample_parsesWithEnvironmentKeys() throws {
         let outcome = ConfigLoader.parse(yaml: Self.issueExample, file: "node.yaml", environment: ["GROQ_API_KEY": "gsk-test", "ANTHROPIC_API_KEY": "sk-ant-test"])
         let config = try #require(outcome.configuration, "\(outcome.diagnostics)")
