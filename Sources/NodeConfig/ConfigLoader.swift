@@ -36,9 +36,15 @@ public enum ConfigLoader {
     }
 
     public static func parse(yaml text: String, file: String = "<config>", environment: [String: String] = [:]) -> Outcome {
-        if let line = YAMLAliasGuard.firstAlias(in: text) {
+        switch YAMLAliasGuard.firstFinding(in: text) {
+        case .alias(let line)?:
             return Outcome(configuration: nil, diagnostics: [ConfigDiagnostic(file: file, line: line, field: "", message:
                 "YAML aliases (*name) are not accepted in aimesh configs (a few nested ones can stand for a document too large to load): write the value out, or quote it if it is text starting with '*'")])
+        case .complexKey(let line)?:
+            return Outcome(configuration: nil, diagnostics: [ConfigDiagnostic(file: file, line: line, field: "", message:
+                "complex mapping keys ('? key', '[a, b]: …', '{a: b}: …') are not accepted in aimesh configs: every key is a plain name; quote text that starts with '?'")])
+        case nil:
+            break
         }
         let root: Node?
         do {

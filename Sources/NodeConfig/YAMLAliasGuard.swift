@@ -1,14 +1,33 @@
-/// Finds YAML aliases (`*name`) in a config file's text before the YAML library sees it. aimesh configs do
-/// not take aliases: a handful of them, nested (`b: &b [*a, *a]`, `c: &c [*b, *b]`, …), stand for an
-/// exponentially large document, and the YAML library compares mapping keys by their whole expanded
-/// content — one alias of that kind used as a key kept the loader busy for good (found by the config
-/// fuzzer). Anchors alone are harmless and allowed; so is `*` inside quotes, comments and block scalars.
+/// Finds what aimesh configs do not take, in a config file's text, before the YAML library sees it: aliases
+/// (`*name`) and complex mapping keys (`? key`, `[a, b]: …`, `{a: b}: …`). The YAML library compares
+/// mapping keys by their whole content, recursively; a few nested aliases (`b: &b [*a, *a]`, …) used as a
+/// key, or deeply nested complex keys (`? - ? ? - …`), kept the loader busy for good — both found by the
+/// config fuzzer. Every aimesh key is a plain name, so nothing is lost. Anchors alone are harmless; `*` and
+/// `?` inside quotes, comments and block scalars are text. Where the text is ambiguous the guard errs
+/// towards refusing (the error names the line), never towards letting one through.
 enum YAMLAliasGuard {
-    /// The 1-based line of the first alias, or nil when there is none.
+    enum Finding: Equatable {
+        case alias(line: Int)
+        case complexKey(line: Int)
+        var line: Int {
+            switch self {
+            case .alias(let line), .complexKey(let line): line
+            }
+        }
+    }
+
+    /// The 1-based line of the first alias, or nil when there is none (or the first finding is another kind).
     static func firstAlias(in text: String) -> Int? {
+        if case .alias(let line)? = firstFinding(in: text) { return line }
+        return nil
+    }
+
+    /// The first alias or complex key, or nil.
+    static func firstFinding(in text: String) -> Finding? {
         var line = 1
         var quote: UInt8?            // ' or " while inside a quoted scalar (they may span lines)
         var blockIndent: Int?        // inside a block scalar (| or >): lines indented deeper than this
+        var flowDepth = 0            // inside [ ] or { } (block scalars cannot start there)
         for rawLine in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             defer { line += 1 }
             let bytes = Array(rawLine)
@@ -20,6 +39,9 @@ enum YAMLAliasGuard {
             var index = 0
             var previous: UInt8 = UInt8(ascii: " ")   // what came before: a token starts after space or [ { ,
             var lastSignificantIndex = -1
+            // Where a scalar may begin: the line's start, or after : - ? [ { , (a quote anywhere else is text
+            // inside a plain scalar; erring that way only ever finds more aliases, never fewer).
+            var scalarMayStart = true
             while index < bytes.count {
                 let byte = bytes[index]
                 if let open = quote {
@@ -38,23 +60,40 @@ enum YAMLAliasGuard {
                     index += 1
                     continue
                 }
-                let atTokenStart = previous == UInt8(ascii: " ") || previous == UInt8(ascii: "\t") || previous == UInt8(ascii: "[")
-                    || previous == UInt8(ascii: "{") || previous == UInt8(ascii: ",")
+                // A token starts after a space, a flow indicator, a line break — \r too, and the multi-byte
+                // breaks YAML knows (NEL, LS, PS) or a byte-order mark, which is why any non-ASCII byte counts.
+                let atTokenStart = previous == UInt8(ascii: " ") || previous == UInt8(ascii: "\t") || previous == UInt8(ascii: "\r")
+                    || previous == UInt8(ascii: "[") || previous == UInt8(ascii: "{") || previous == UInt8(ascii: ",") || previous >= 0x80
                 if byte == UInt8(ascii: "#") && atTokenStart { break }  // a comment
-                if atTokenStart && (byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"")) {
+                if byte == UInt8(ascii: "[") || byte == UInt8(ascii: "{") { flowDepth += 1 }
+                if (byte == UInt8(ascii: "]") || byte == UInt8(ascii: "}")) && flowDepth > 0 { flowDepth -= 1 }
+                if atTokenStart && scalarMayStart && (byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"")) {
                     quote = byte
                 } else if atTokenStart && byte == UInt8(ascii: "*"), index + 1 < bytes.count {
                     let next = bytes[index + 1]
                     let ends: [UInt8] = [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"), UInt8(ascii: ","), UInt8(ascii: "["),
                                          UInt8(ascii: "]"), UInt8(ascii: "{"), UInt8(ascii: "}")]
-                    if !ends.contains(next) { return line }
+                    if !ends.contains(next) { return .alias(line: line) }
+                } else if atTokenStart && byte == UInt8(ascii: "?") {
+                    // The explicit-key indicator: "?" then a space, a tab or the end of the line.
+                    let next = index + 1 < bytes.count ? bytes[index + 1] : UInt8(ascii: " ")
+                    if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\r") { return .complexKey(line: line) }
+                } else if byte == UInt8(ascii: ":") && (previous == UInt8(ascii: "]") || previous == UInt8(ascii: "}")) {
+                    // A flow collection used as an implicit key: "[a, b]: …" or "{a: b}: …".
+                    let next = index + 1 < bytes.count ? bytes[index + 1] : UInt8(ascii: " ")
+                    if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\r") || next == UInt8(ascii: ",")
+                        || next == UInt8(ascii: "]") || next == UInt8(ascii: "}") { return .complexKey(line: line) }
                 }
-                if byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") && byte != UInt8(ascii: "\r") { lastSignificantIndex = index }
+                if byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") && byte != UInt8(ascii: "\r") {
+                    lastSignificantIndex = index
+                    scalarMayStart = [UInt8(ascii: ":"), UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: "["), UInt8(ascii: "{"),
+                                      UInt8(ascii: ",")].contains(byte)
+                }
                 previous = byte
                 index += 1
             }
             // `key: |`, `- >-`, `key: |2+`: the lines after it (indented deeper) are text.
-            if quote == nil, lastSignificantIndex >= 0 {
+            if quote == nil, flowDepth == 0, lastSignificantIndex >= 0 {
                 var start = lastSignificantIndex
                 while start > 0, [UInt8(ascii: "+"), UInt8(ascii: "-")].contains(bytes[start]) || (bytes[start] >= 0x30 && bytes[start] <= 0x39) { start -= 1 }
                 let indicator = bytes[start]
@@ -69,5 +108,11 @@ enum YAMLAliasGuard {
 
 /// The guard, for tests.
 public enum YAMLAliasProbe {
+    /// The line of the first alias.
     public static func line(_ text: String) -> Int? { YAMLAliasGuard.firstAlias(in: text) }
+    /// The line of the first complex key.
+    public static func complexKeyLine(_ text: String) -> Int? {
+        if case .complexKey(let line)? = YAMLAliasGuard.firstFinding(in: text) { return line }
+        return nil
+    }
 }

@@ -54,6 +54,20 @@ import Testing
         #expect(YAMLAliasProbe.line("a: \"multi\n  *line\"\nb: [*x]\n") == 3, "a quoted scalar spans lines")
         #expect(YAMLAliasProbe.line("a: [*]\nb: *\n") == nil, "a lone * is not an alias")
         #expect(YAMLAliasProbe.line("- &anchor value\n- x\n") == nil, "anchors alone are fine")
+        // What would hide an alias if the guard read YAML too loosely: a quote inside a plain scalar is text,
+        // so is a | that ends a line inside a flow collection; \r is a line break.
+        #expect(YAMLAliasProbe.line("a: it 'is\nb: *x\nc: 'd'\n") == 2)
+        #expect(YAMLAliasProbe.line("a: [b |\n  *x]\n") == 2)
+        #expect(YAMLAliasProbe.line("a: 1\r*x : 2\n") == 1)
+        // Complex keys (the fuzzer's second hang: "? - ? ? - …" nested explicit keys) are refused too.
+        #expect(YAMLAliasProbe.complexKeyLine("a: 1\n? - b\n: c\n") == 2)
+        #expect(YAMLAliasProbe.complexKeyLine("a:\n  [x, y]: 1\n") == 2)
+        #expect(YAMLAliasProbe.complexKeyLine("{ {x: y}: 1 }\n") == 1)
+        #expect(YAMLAliasProbe.complexKeyLine("a: \"? not a key\"\nb: [x, y]\nc: {d: e}\nurl: http://h:1/v1?x=1\n") == nil)
+        var nested = "a: 1\n"
+        for _ in 0..<40 { nested += String(repeating: "? - ", count: 30) + "x\n" }
+        let refused = ConfigLoader.parse(yaml: nested, file: "keys.yaml")
+        #expect(refused.configuration == nil && refused.diagnostics.first?.message.contains("complex mapping keys") == true)
     }
 
     @Test func issueExample_parsesWithEnvironmentKeys() throws {
