@@ -38,6 +38,13 @@ public enum Units {
         return total
     }
 
+    /// Whether `value` lies within `window` of `center`, without overflowing on values from the wire
+    /// (a timestamp of Int64.min is simply far away).
+    public static func isWithin(_ value: Int64, of center: Int64, by window: Int64) -> Bool {
+        let (difference, overflow) = value.subtractingReportingOverflow(center)
+        return !overflow && difference.magnitude <= UInt64(max(0, window))
+    }
+
     /// Parses "10MB", "512KB", "1GiB", "2048" (bytes). K/M/G are powers of 1024, as config files mean them.
     public static func parseByteSize(_ text: String) -> Int? {
         let text = text.trimmingWhitespace()

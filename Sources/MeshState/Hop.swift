@@ -144,7 +144,7 @@ public struct AdminSignature: Sendable {
         guard value.utf8.count <= 512, let bytes = ByteEncoding.fromBase64(value), bytes.count == 4 + 32 + 8 + 32 + 64 else { return nil }
         var r = ByteReader(bytes)
         guard (try? r.raw(4)) == magic, let signer = try? r.nodeID(), let timestamp = try? r.i64(), let digest = try? r.raw(32) else { return nil }
-        guard abs(nowMillis - timestamp) <= windowMillis, digest == Sodium.sha256(Array("\(method.uppercased()) \(target)".utf8)) else { return nil }
+        guard Units.isWithin(timestamp, of: nowMillis, by: windowMillis), digest == Sodium.sha256(Array("\(method.uppercased()) \(target)".utf8)) else { return nil }
         guard Ed25519.verify(signature: Array(bytes[76...]), message: Array(bytes[..<76]), publicKey: signer.bytes) else { return nil }
         return signer
     }

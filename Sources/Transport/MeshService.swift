@@ -679,7 +679,7 @@ public final class MeshService: Service, Sendable {
         guard header.isValid(key: header.to == nil ? nil : hopKey(for: header.from)) else {
             return refuse("bad_signature", "the x-aiproxy-hop signature does not verify")
         }
-        guard abs(wall - header.timestampMillis) <= settings.hopWindowMillis else {
+        guard Units.isWithin(header.timestampMillis, of: wall, by: settings.hopWindowMillis) else {
             return refuse("stale", "the x-aiproxy-hop timestamp is outside the accepted window")
         }
         guard header.bodyDigest == Sodium.sha256(body) else { return refuse("digest", "the body does not match the x-aiproxy-hop digest") }

@@ -67,4 +67,18 @@ import Wire
         forged.requestID = "r2"
         #expect(!forged.isValid(key: nil))
     }
+
+    /// The fuzzer's find: an x-aiproxy-admin header stamped Int64.min overflowed the time check and crashed
+    /// the node (anyone may send that header to an admin endpoint).
+    @Test func extremeTimestamps_areStale_notACrash() {
+        for stamp in [Int64.min, Int64.max, Int64.min + 1] {
+            var bytes = Array("AMA1".utf8) + Self.a.nodeID.bytes
+            for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8((UInt64(bitPattern: stamp) >> UInt64(shift)) & 0xff)) }
+            bytes += Sodium.sha256(Array("GET /aiproxy/usage".utf8))
+            bytes += Self.a.sign(bytes)
+            #expect(AdminSignature.verify(ByteEncoding.base64(bytes, url: true), method: "GET", target: "/aiproxy/usage", nowMillis: 1_800_000_000_000) == nil)
+        }
+        #expect(Units.isWithin(5, of: 10, by: 5) && !Units.isWithin(4, of: 10, by: 5))
+        #expect(!Units.isWithin(.min, of: 1_800_000_000_000, by: 30_000) && !Units.isWithin(.max, of: -1, by: .max))
+    }
 }

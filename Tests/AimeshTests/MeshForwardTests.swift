@@ -188,6 +188,10 @@ struct MeshForwardTests {
             let strangerKey = try #require(HopKey.derive(own: SealedBox.KeyPair(converting: stranger), ownID: stranger.nodeID, peer: cID))
             let wrongKey = HopHeader.authenticate(from: aKey.nodeID, to: cID, key: strangerKey, requestID: "r9", timestampMillis: now, body: body, visited: [aKey.nodeID]).value
             #expect(try await post(wrongKey).status == 403, "a MAC a did not make")
+            // A member's header stamped at the far end of time is stale, not an overflow (it crashed the node).
+            let ancient = HopHeader.authenticate(from: aKey.nodeID, to: cID, key: hopKey, requestID: "r10", timestampMillis: .min, body: body, visited: [aKey.nodeID]).value
+            #expect(try await post(ancient).status == 403, "stamped Int64.min")
+            #expect(try await c.get("/health").status == 200)
             #expect(mocks[0].requestCount == 2, "only the genuine forwards reached the model")
             let metrics = try await c.get("/metrics").text
             #expect(metrics.contains("hop_replay") && metrics.contains("hop_not_member") && metrics.contains("hop_misdirected"))
