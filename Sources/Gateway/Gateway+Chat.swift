@@ -297,14 +297,14 @@ extension Gateway {
             return error.response(extraHeaders: headers)
         case .success(.complete(let response), let route, let attempts, let upstreamTime):
             let latency = ContinuousClock.now - start
-            let peer = Gateway.peerAnswer(response.body, route: route)
+            let peer = Gateway.peerAnswer(response.body, topLevel: response.topLevel, route: route)
             let cost = peer?.cost ?? route.candidate.price.cost(of: response.usage)
             let path = self.path(for: route, downstream: response.headers)
             var info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
             var stored = false
             if let cacheKey, let cacheTTL, let cache {
                 // A peer's own x_aiproxy describes that request, not a later cache hit: not stored.
-                stored = cache.store(cacheKey, model: model, body: peer.map { JSON.object($0.object).bytes } ?? response.body, promptTokens: response.usage.promptTokens, completionTokens: response.usage.completionTokens,
+                stored = cache.store(cacheKey, model: model, body: peer.map { $0.withoutInfo(response.body) } ?? response.body, promptTokens: response.usage.promptTokens, completionTokens: response.usage.completionTokens,
                                      ttlMillis: Int64(cacheTTL.components.seconds * 1000), nowMillis: wallClockMillis())
                 if stored { metrics.counter("aimesh_cache_total", [("result", "stored")]).increment() }
                 if var object = info.objectValue {
@@ -430,7 +430,7 @@ extension Gateway {
                 return error.response(extraHeaders: baseHeaders)
             case .success(let response, let route, let attempts, let upstreamTime):
                 let latency = ContinuousClock.now - start
-                let peer = Gateway.peerAnswer(response.body, route: route)
+                let peer = Gateway.peerAnswer(response.body, topLevel: response.topLevel, route: route)
                 let cost = peer?.cost ?? route.candidate.price.cost(of: response.usage)
                 let path = self.path(for: route, downstream: response.headers)
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
@@ -455,29 +455,53 @@ extension Gateway {
         return [nodeName] + route.pathSuffix
     }
 
-    /// A peer's answer, parsed once: the object without the peer's `x_aiproxy`, and that `x_aiproxy`
-    /// (its path, attempts and the cost it really charged). Answers from this node's own providers
-    /// carry no `x_aiproxy` and are not parsed at all.
+    /// A peer's answer: its `x_aiproxy` (its path, attempts and the cost it really charged) and where that
+    /// value's bytes are, so the answer passes on spliced, never parsed again or re-encoded. Answers from
+    /// this node's own providers carry no `x_aiproxy` and are not looked at.
     struct PeerAnswer {
-        var object: JSONObject
         var info: JSON
+        var infoRange: Range<Int>
         var cost: Double? { info["cost"]?.doubleValue }
-    }
 
-    static func peerAnswer(_ bytes: [UInt8], route: ExecutableRoute) -> PeerAnswer? {
-        guard case .peer = route.candidate.kind, case .object(var object)? = try? JSONParser.parse(bytes), let info = object["x_aiproxy"] else { return nil }
-        object["x_aiproxy"] = nil
-        return PeerAnswer(object: object, info: info)
-    }
-
-    /// Adds `x_aiproxy` to a JSON object: spliced before the closing brace, or, for a peer's answer,
-    /// with the peer's own `x_aiproxy` moved to `x_aiproxy.downstream` (one `x_aiproxy`, whole path).
-    static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: JSON, peer: PeerAnswer? = nil) -> [UInt8] {
-        if var object = peer?.object, let downstream = peer?.info {
-            var merged = info.objectValue ?? [:]
-            merged["downstream"] = downstream
-            object["x_aiproxy"] = .object(merged)
+        /// The answer without the peer's `x_aiproxy`, as the cache keeps it (re-encoded; only on a store).
+        func withoutInfo(_ bytes: [UInt8]) -> [UInt8] {
+            guard case .object(var object)? = try? JSONParser.parse(bytes) else { return bytes }
+            object["x_aiproxy"] = nil
             return JSON.object(object).bytes
+        }
+    }
+
+    /// `topLevel`: the answer as the adapter already parsed it (else it is parsed here, once).
+    static func peerAnswer(_ bytes: [UInt8], topLevel: JSONParser.TopLevel? = nil, route: ExecutableRoute) -> PeerAnswer? {
+        guard case .peer = route.candidate.kind else { return nil }
+        return peerAnswer(bytes, topLevel: topLevel)
+    }
+
+    static func peerAnswer(_ bytes: [UInt8], topLevel: JSONParser.TopLevel? = nil) -> PeerAnswer? {
+        guard let parsed = topLevel ?? (try? JSONParser.parseTopLevelObject(bytes)),
+              let info = parsed.object["x_aiproxy"], let range = parsed.valueRanges["x_aiproxy"],
+              range.lowerBound >= 0, range.upperBound <= bytes.count, case .object = info
+        else { return nil }
+        return PeerAnswer(info: info, infoRange: range)
+    }
+
+    /// Adds `x_aiproxy` to a JSON object given as bytes: spliced before the closing brace, or, for a
+    /// peer's answer, in place of the peer's own `x_aiproxy`, which moves (byte for byte) into
+    /// `x_aiproxy.downstream` (one `x_aiproxy`, whole path).
+    static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: JSON, peer: PeerAnswer? = nil) -> [UInt8] {
+        if let peer {
+            var out: [UInt8] = []
+            out.reserveCapacity(bytes.count + 512)
+            out.append(contentsOf: bytes[..<peer.infoRange.lowerBound])
+            info.encode(into: &out)
+            // `{…}` → `{…,"downstream":PEER}`
+            if out.last == UInt8(ascii: "}") { out.removeLast() }
+            if out.last != UInt8(ascii: "{") { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: #""downstream":"#.utf8)
+            out.append(contentsOf: bytes[peer.infoRange])
+            out.append(UInt8(ascii: "}"))
+            out.append(contentsOf: bytes[peer.infoRange.upperBound...])
+            return out
         }
         return JSON.appendingMember(to: bytes, closingBrace: closingBrace, isEmpty: bytes.count <= 2, key: "x_aiproxy", value: info)
     }
@@ -509,17 +533,26 @@ extension Gateway {
     func record(requestID: String, model: String, apiKey: String?, route: ExecutableRoute, path: [String], usage: Usage, cost: Double, latency: Duration,
                 upstreamTime: Duration?, status: Int, outcome: String, attempts: [AttemptRecord], options: RequestOptions, stream: Bool, error: String?, endpoint: String) {
         let routeLabel = route.candidate.id
-        metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", routeLabel), ("status", String(status))]).increment()
+        let served = metrics.served(endpoint: endpoint, route: routeLabel)
+        if status == 200 {
+            served.requests.increment()
+        } else {
+            metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", routeLabel), ("status", String(status))]).increment()
+        }
         for attempt in attempts {
-            metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()
+            if attempt.outcome == "ok" && attempt.route == routeLabel {
+                served.attemptOK.increment()
+            } else {
+                metrics.counter("aimesh_route_attempts_total", [("route", attempt.route), ("outcome", attempt.outcome)]).increment()
+            }
         }
-        metrics.timer("aimesh_request_duration_seconds", [("endpoint", endpoint)]).record(duration: latency)
+        served.duration.record(duration: latency)
         if let upstreamTime {
-            metrics.timer("aimesh_gateway_overhead_seconds", [("endpoint", endpoint)]).record(duration: max(latency - upstreamTime, .zero))
+            served.overhead.record(duration: max(latency - upstreamTime, .zero))
         }
-        metrics.counter("aimesh_tokens_total", [("route", routeLabel), ("direction", "prompt")]).increment(by: usage.promptTokens)
-        metrics.counter("aimesh_tokens_total", [("route", routeLabel), ("direction", "completion")]).increment(by: usage.completionTokens)
-        metrics.floatCounter("aimesh_cost_usd_total", [("route", routeLabel)]).increment(by: cost)
+        if usage.promptTokens != 0 { served.promptTokens.increment(by: usage.promptTokens) }
+        if usage.completionTokens != 0 { served.completionTokens.increment(by: usage.completionTokens) }
+        served.cost.increment(by: cost)
         let now = wallClockMillis()
         budget.settle(requestID: requestID, cost: cost, nowMillis: now)
         keyBudgets.settle(requestID: requestID, key: options.clientKey?.dailyBudget != nil ? options.clientKey?.name : apiKey, cost: cost, day: KeyBudgets.day(millis: now))

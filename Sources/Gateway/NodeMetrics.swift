@@ -74,6 +74,46 @@ public final class NodeMetrics: Sendable {
         }
     }
 
+    /// The handles a served request updates, per endpoint and route, looked up once per request
+    /// (instead of building eight label keys and taking eight locks).
+    public final class ServedRequest: Sendable {
+        public let requests: CoreMetrics.Counter
+        public let attemptOK: CoreMetrics.Counter
+        public let duration: CoreMetrics.Timer
+        public let overhead: CoreMetrics.Timer
+        public let promptTokens: CoreMetrics.Counter
+        public let completionTokens: CoreMetrics.Counter
+        public let cost: CoreMetrics.FloatingPointCounter
+
+        init(_ metrics: NodeMetrics, endpoint: String, route: String) {
+            requests = metrics.counter("aimesh_requests_total", [("endpoint", endpoint), ("route", route), ("status", "200")])
+            attemptOK = metrics.counter("aimesh_route_attempts_total", [("route", route), ("outcome", "ok")])
+            duration = metrics.timer("aimesh_request_duration_seconds", [("endpoint", endpoint)])
+            overhead = metrics.timer("aimesh_gateway_overhead_seconds", [("endpoint", endpoint)])
+            promptTokens = metrics.counter("aimesh_tokens_total", [("route", route), ("direction", "prompt")])
+            completionTokens = metrics.counter("aimesh_tokens_total", [("route", route), ("direction", "completion")])
+            cost = metrics.floatCounter("aimesh_cost_usd_total", [("route", route)])
+        }
+    }
+
+    private struct ServedKey: Hashable {
+        var endpoint: String
+        var route: String
+    }
+
+    private let served = Mutex<[ServedKey: ServedRequest]>([:])
+
+    public func served(endpoint: String, route: String) -> ServedRequest {
+        let key = ServedKey(endpoint: endpoint, route: route)
+        if let bundle = served.withLock({ $0[key] }) { return bundle }
+        let bundle = ServedRequest(self, endpoint: endpoint, route: route)
+        return served.withLock { cache in
+            if let existing = cache[key] { return existing }
+            cache[key] = bundle
+            return bundle
+        }
+    }
+
     /// Prometheus text exposition.
     public func render() -> [UInt8] {
         var buffer: [UInt8] = []

@@ -88,6 +88,8 @@ private struct Cursor {
         self.bytes = bytes
         self.limits = limits
         self.recordTopLevel = recordTopLevel
+        // A request or an answer has a dozen top-level members at most: one allocation, no regrowth.
+        if recordTopLevel { topLevelRanges.reserveCapacity(16) }
     }
 
     func error(at offset: Int, _ reason: String) -> JSONParseError {
@@ -178,6 +180,8 @@ private struct Cursor {
             index += 1
             return .object(JSONObject(members))
         }
+        // Most objects have a few members: one allocation instead of growing 1 → 2 → 4.
+        members.reserveCapacity(isTop ? 12 : 4)
         while true {
             skipWhitespace()
             guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }

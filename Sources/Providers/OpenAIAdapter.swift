@@ -79,7 +79,7 @@ public struct OpenAIAdapter: ProviderAdapter {
             let characters = choices.reduce(0) { $0 + ChatRequest.text(of: $1["message"]?["content"]).utf8.count }
             return Usage(promptTokens: request.estimatedPromptTokens, completionTokens: Usage.estimateTokens(characters: characters), estimated: true)
         }()
-        return CompletedResponse(body: bytes, closingBrace: parsed.closingBrace, usage: usage)
+        return CompletedResponse(body: bytes, closingBrace: parsed.closingBrace, usage: usage, topLevel: parsed)
     }
 
     public func embeddings(_ call: EmbeddingsCall) async throws -> CompletedResponse {
@@ -100,7 +100,7 @@ public struct OpenAIAdapter: ProviderAdapter {
             throw ProviderFailure(kind: .malformedResponse, message: "\(name) sent embeddings without data")
         }
         let usage = Usage(openAI: parsed.object["usage"]) ?? Usage(promptTokens: request.estimatedTokens, estimated: true)
-        return CompletedResponse(body: bytes, closingBrace: parsed.closingBrace, usage: usage)
+        return CompletedResponse(body: bytes, closingBrace: parsed.closingBrace, usage: usage, topLevel: parsed)
     }
 }
 

@@ -47,12 +47,16 @@ public struct CompletedResponse: Sendable {
     public var usage: Usage
     /// Response headers worth passing on (for peers: their `x-aiproxy-*`).
     public var headers: [(name: String, value: String)]
+    /// The body's top-level members with their byte ranges, when the adapter parsed it as it was sent
+    /// (OpenAI-style answers): a peer's `x_aiproxy` is found here without parsing the answer again.
+    public var topLevel: JSONParser.TopLevel?
 
-    public init(body: [UInt8], closingBrace: Int, usage: Usage, headers: [(name: String, value: String)] = []) {
+    public init(body: [UInt8], closingBrace: Int, usage: Usage, headers: [(name: String, value: String)] = [], topLevel: JSONParser.TopLevel? = nil) {
         self.body = body
         self.closingBrace = closingBrace
         self.usage = usage
         self.headers = headers
+        self.topLevel = topLevel
     }
 
     /// Builds one from a JSON object.
