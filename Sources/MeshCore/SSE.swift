@@ -65,19 +65,40 @@ public struct SSEParser: Sendable {
     }
 
     public mutating func feed<Bytes: Sequence<UInt8>>(_ bytes: Bytes) throws(TooLarge) -> [SSEEvent] {
+        var failure: TooLarge?
+        let events = bytes.withContiguousStorageIfAvailable { buffer -> [SSEEvent] in
+            do throws(TooLarge) { return try feed(buffer) } catch { failure = error; return [] }
+        } ?? [UInt8](bytes).withUnsafeBufferPointer { buffer -> [SSEEvent] in
+            do throws(TooLarge) { return try feed(buffer) } catch { failure = error; return [] }
+        }
+        if let failure { throw failure }
+        return events
+    }
+
+    /// The bytes between line ends are appended in one piece: a generic byte-by-byte loop cost one heap
+    /// allocation per byte of the stream when called from another module (it was not specialized).
+    public mutating func feed(_ bytes: UnsafeBufferPointer<UInt8>) throws(TooLarge) -> [SSEEvent] {
         var events: [SSEEvent] = []
-        for byte in bytes {
-            if byte == 0x0A && lastWasCR {
-                lastWasCR = false
+        var index = 0
+        let count = bytes.count
+        while index < count {
+            let byte = bytes[index]
+            if byte == 0x0A || byte == 0x0D {
+                index += 1
+                if byte == 0x0A && lastWasCR {
+                    lastWasCR = false
+                    continue
+                }
+                lastWasCR = byte == 0x0D
+                if let event = finishLine() { events.append(event) }
                 continue
             }
-            lastWasCR = byte == 0x0D
-            if byte == 0x0A || byte == 0x0D {
-                if let event = finishLine() { events.append(event) }
-            } else {
-                line.append(byte)
-                if line.count + data.count > maxEventBytes { throw TooLarge(limit: maxEventBytes) }
-            }
+            lastWasCR = false
+            var end = index + 1
+            while end < count, bytes[end] != 0x0A, bytes[end] != 0x0D { end += 1 }
+            if line.count + data.count + (end - index) > maxEventBytes { throw TooLarge(limit: maxEventBytes) }
+            line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[index..<end]))
+            index = end
         }
         return events
     }
