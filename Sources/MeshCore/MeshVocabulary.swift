@@ -6,20 +6,23 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == NodeID.byteCount else { return nil }
-        // No heap array: this runs for every forwarded request (hop headers) and every gossip record.
-        var (a, b, c, d): (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-        var index = 0
-        for byte in bytes {
-            let value = UInt64(byte)
-            switch index >> 3 {
-            case 0: a = a << 8 | value
-            case 1: b = b << 8 | value
-            case 2: c = c << 8 | value
-            default: d = d << 8 | value
-            }
-            index += 1
+        // No heap array and no generic iteration: this runs for every forwarded request (hop headers) and
+        // every gossip record, and a generic loop over the bytes, not specialized across modules, cost a
+        // heap allocation per byte (32 per id). Contiguous bytes are read as four big-endian words.
+        if let id = bytes.withContiguousStorageIfAvailable({ NodeID(words: UnsafeRawBufferPointer($0)) }) {
+            self = id
+        } else {
+            self = [UInt8](bytes).withUnsafeBytes { NodeID(words: $0) }
         }
-        (self.a, self.b, self.c, self.d) = (a, b, c, d)
+    }
+
+    /// From exactly 32 bytes.
+    public init(words raw: UnsafeRawBufferPointer) {
+        precondition(raw.count == NodeID.byteCount)
+        a = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+        b = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        c = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        d = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }
 
     /// From 64 hex digits.

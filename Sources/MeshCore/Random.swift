@@ -18,12 +18,21 @@ public enum ByteEncoding {
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
     public static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        var out: [UInt8] = []
-        for byte in bytes {
-            out.append(hexDigits[Int(byte >> 4)])
-            out.append(hexDigits[Int(byte & 0xF)])
+        // Contiguous bytes go through a buffer: a generic loop is not specialized across modules and
+        // allocated once per byte.
+        bytes.withContiguousStorageIfAvailable { hex(buffer: $0) } ?? [UInt8](bytes).withUnsafeBufferPointer { hex(buffer: $0) }
+    }
+
+    private static func hex(buffer: UnsafeBufferPointer<UInt8>) -> String {
+        String(unsafeUninitializedCapacity: buffer.count * 2) { out in
+            hexDigits.withUnsafeBufferPointer { digits in
+                for (index, byte) in buffer.enumerated() {
+                    out[2 * index] = digits[Int(byte >> 4)]
+                    out[2 * index + 1] = digits[Int(byte & 0xF)]
+                }
+            }
+            return buffer.count * 2
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     public static func fromHex(_ text: String) -> [UInt8]? {
