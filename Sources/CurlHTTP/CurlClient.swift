@@ -94,6 +94,12 @@ public final class OutboundResponse: Sendable, AsyncSequence {
         }
     }
 
+    /// The next piece of the body if it has already arrived: `.some(chunk)`, `.some(nil)` at the end, or nil
+    /// when reading it would have to wait. Throws the transfer's failure.
+    public func nextIfAvailable() throws -> [UInt8]?? {
+        try transfer.nextChunkIfAvailable()
+    }
+
     /// The rest of the body as one array.
     public func collect(maxBytes: Int) async throws -> [UInt8] {
         var body: [UInt8] = []
@@ -196,9 +202,10 @@ final class Transfer: @unchecked Sendable {
         if first { engine.submit(.cancel(self)) }
     }
 
-    func nextChunk() async throws -> [UInt8]? {
-        // Fast path without suspending.
-        enum Immediate { case chunk([UInt8]), end, failure(TransferError), wait }
+    private enum Immediate { case chunk([UInt8]), end, failure(TransferError), wait }
+
+    /// What the body has ready without waiting (a chunk, its end or its failure), or `.wait`.
+    private func immediate() -> Immediate {
         let (immediate, unpause): (Immediate, Bool) = state.withLock { state in
             if state.chunkIndex < state.chunks.count {
                 let chunk = state.chunks[state.chunkIndex]
@@ -219,7 +226,21 @@ final class Transfer: @unchecked Sendable {
             return (.wait, false)
         }
         if unpause { engine.submit(.unpause(self)) }
-        switch immediate {
+        return immediate
+    }
+
+    func nextChunkIfAvailable() throws(TransferError) -> [UInt8]?? {
+        switch immediate() {
+        case .chunk(let chunk): return .some(chunk)
+        case .end: return .some(nil)
+        case .failure(let error): throw error
+        case .wait: return nil
+        }
+    }
+
+    func nextChunk() async throws -> [UInt8]? {
+        // Fast path without suspending.
+        switch immediate() {
         case .chunk(let chunk): return chunk
         case .end: return nil
         case .failure(let error): throw error

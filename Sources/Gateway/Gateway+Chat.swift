@@ -336,6 +336,49 @@ extension Gateway {
         }
     }
 
+    /// The most bytes of a stream gathered into one write to the client.
+    static let streamWriteBytes = 64 * 1024
+
+    enum Gathered: Sendable {
+        /// Written what was ready; the stream goes on.
+        case more
+        /// The stream ended (its final chunk and `[DONE]`, or `[DONE]` alone, are in the buffer).
+        case done
+        /// The upstream failed after what is in the buffer.
+        case failed(any Error)
+    }
+
+    /// Frames `first`, and every item that has already arrived behind it, into `buffer` as SSE events, so
+    /// that events the upstream sent together reach the client in one write; it never waits for more.
+    /// Stops at `limit` bytes (a fast upstream must pile up in its transfer, which pauses it, not here).
+    /// `final` renders the last chunk's payload (with `x_aiproxy`); `[DONE]` follows it.
+    static func gather(_ first: StreamItem, into buffer: inout ByteBuffer, limit: Int, poll: () throws -> StreamPoll,
+                       final: ([UInt8]) -> [UInt8]) -> Gathered {
+        var current = first
+        while true {
+            switch current {
+            case .chunk(let data):
+                buffer.writeSSEData(data)
+            case .final(let data):
+                buffer.writeSSEData(final(data))
+                buffer.writeSSEData(Array("[DONE]".utf8))
+                return .done
+            }
+            if buffer.readableBytes >= limit { return .more }
+            do {
+                switch try poll() {
+                case .item(let next): current = next
+                case .end:
+                    buffer.writeSSEData(Array("[DONE]".utf8))
+                    return .done
+                case .notReady: return .more
+                }
+            } catch {
+                return .failed(error)
+            }
+        }
+    }
+
     /// Writes a stream to the client. Upstream failure after the first byte ends the stream with an
     /// explicit error event, never a silent, truncated success.
     func pumpStream(_ stream: any ChatStream, first: StreamItem, writer: inout any ResponseBodyWriter, route: ExecutableRoute, path: [String],
@@ -349,34 +392,48 @@ extension Gateway {
         var buffer = ByteBuffer()
         buffer.reserveCapacity(1024)
         defer { board.ended(route.candidate.id) }
-        while let current = item {
+        var done = false
+        /// Ends the stream with an explicit error event: never a silent, truncated success.
+        func failed(_ error: any Error) {
+            let failure = ProviderFailure.from(error)
+            board.failed(route.candidate.id, now: ContinuousClock.now)
+            outcome = "partial"
+            status = 502
+            errorMessage = failure.message
+            let event: JSON = ["error": ["message": .string("the upstream failed mid-stream: \(failure.message)"), "type": "upstream_error",
+                                         "code": "stream_interrupted", "param": nil, "request_id": .string(requestID)]]
+            buffer.writeSSEData(event.bytes)
+            done = true
+        }
+        while !done, let first = item {
             buffer.clear()
-            switch current {
-            case .chunk(let data):
-                buffer.writeSSEData(data)
-            case .final(let data):
+            let gathered = Gateway.gather(first, into: &buffer, limit: Gateway.streamWriteBytes, poll: stream.nextIfReady) { data in
                 let usage = stream.usage
                 let peer = Gateway.peerAnswer(data, route: route)
                 let cost = peer?.cost ?? route.candidate.price.cost(of: usage)
                 finalCost = cost
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: usage,
                                        cost: cost, latency: ContinuousClock.now - start)
-                let augmented = data.last == UInt8(ascii: "}") ? Gateway.withAIProxy(data, closingBrace: data.count - 1, info: info, peer: peer) : data
-                buffer.writeSSEData(augmented)
-                buffer.writeSSEData(Array("[DONE]".utf8))
+                return data.last == UInt8(ascii: "}") ? Gateway.withAIProxy(data, closingBrace: data.count - 1, info: info, peer: peer) : data
+            }
+            switch gathered {
+            case .more: break
+            case .done: done = true
+            case .failed(let error): failed(error)
             }
             do {
                 try await writer.write(buffer)
             } catch {
-                // The client went away.
+                // The client went away (if the upstream had failed first, that stays the outcome).
                 stream.cancel()
-                outcome = "client_closed"
-                status = 499
-                errorMessage = "the client closed the connection mid-stream"
-                item = nil
+                if outcome == "ok" {
+                    outcome = "client_closed"
+                    status = 499
+                    errorMessage = "the client closed the connection mid-stream"
+                }
                 break
             }
-            if case .final = current { item = nil; break }
+            if done { break }
             do {
                 item = try await stream.next()
                 if item == nil {
@@ -385,17 +442,9 @@ extension Gateway {
                     try? await writer.write(buffer)
                 }
             } catch {
-                let failure = ProviderFailure.from(error)
-                board.failed(route.candidate.id, now: ContinuousClock.now)
-                outcome = "partial"
-                status = 502
-                errorMessage = failure.message
-                let event: JSON = ["error": ["message": .string("the upstream failed mid-stream: \(failure.message)"), "type": "upstream_error",
-                                             "code": "stream_interrupted", "param": nil, "request_id": .string(requestID)]]
                 buffer.clear()
-                buffer.writeSSEData(event.bytes)
+                failed(error)
                 try? await writer.write(buffer)
-                item = nil
             }
         }
         try? await writer.finish(nil)

@@ -168,20 +168,45 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
 
     func next() async throws -> StreamItem? {
         while true {
-            if !out.isEmpty { return out.removeFirst() }
-            if ended { return nil }
-            guard let event = try await nextEvent() else {
+            switch try advance() {
+            case .item(let item): return item
+            case .end: return nil
+            case .notReady: try await fill()
+            }
+        }
+    }
+
+    func nextIfReady() throws -> StreamPoll {
+        while true {
+            let poll = try advance()
+            guard poll == .notReady else { return poll }
+            guard try fillIfAvailable() else { return .notReady }
+        }
+    }
+
+    /// Works through the events already parsed; `.notReady` when it needs more of the upstream's bytes.
+    private func advance() throws(ProviderFailure) -> StreamPoll {
+        while true {
+            if !out.isEmpty { return .item(out.removeFirst()) }
+            if ended { return .end }
+            let event: SSEEvent
+            if eventIndex < events.count {
+                event = events[eventIndex]
+                eventIndex += 1
+            } else if upstreamDone {
                 ended = true
                 if sawFinish || held != nil {
-                    if let held { return .final(held) }
-                    return nil
+                    if let held { return .item(.final(held)) }
+                    return .end
                 }
                 throw ProviderFailure(kind: .streamCut, message: "the upstream ended the stream before it finished")
+            } else {
+                return .notReady
             }
             if event.isDone {
                 ended = true
-                if let held { return .final(held) }
-                return nil
+                if let held { return .item(.final(held)) }
+                return .end
             }
             let json: JSON
             do {
@@ -222,32 +247,42 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
         }
     }
 
-    private func nextEvent() async throws -> SSEEvent? {
-        while true {
-            if eventIndex < events.count {
-                let event = events[eventIndex]
-                eventIndex += 1
-                return event
-            }
-            events.removeAll(keepingCapacity: true)
-            eventIndex = 0
-            if upstreamDone { return nil }
-            let chunk: [UInt8]?
+    /// Waits for the upstream's next bytes and parses them (every parsed event has been used).
+    private func fill() async throws {
+        let chunk: [UInt8]?
+        do {
+            chunk = try await response.next()
+        } catch {
+            throw ProviderFailure.from(error)
+        }
+        try take(chunk)
+    }
+
+    /// Parses the upstream's next bytes if they have arrived; false when they have not.
+    private func fillIfAvailable() throws -> Bool {
+        let available: [UInt8]??
+        do {
+            available = try response.nextIfAvailable()
+        } catch {
+            throw ProviderFailure.from(error)
+        }
+        guard let chunk = available else { return false }
+        try take(chunk)
+        return true
+    }
+
+    private func take(_ chunk: [UInt8]?) throws(ProviderFailure) {
+        events.removeAll(keepingCapacity: true)
+        eventIndex = 0
+        if let chunk {
             do {
-                chunk = try await response.next()
+                events = try parser.feed(chunk)
             } catch {
-                throw ProviderFailure.from(error)
+                throw ProviderFailure(kind: .malformedResponse, message: "\(error)")
             }
-            if let chunk {
-                do {
-                    events = try parser.feed(chunk)
-                } catch {
-                    throw ProviderFailure(kind: .malformedResponse, message: "\(error)")
-                }
-            } else {
-                upstreamDone = true
-                if let last = parser.finish() { events = [last] }
-            }
+        } else {
+            upstreamDone = true
+            if let last = parser.finish() { events = [last] }
         }
     }
 }

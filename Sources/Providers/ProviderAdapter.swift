@@ -78,15 +78,32 @@ public enum StreamItem: Sendable, Equatable {
     case final([UInt8])
 }
 
+/// What a stream has ready without waiting.
+public enum StreamPoll: Sendable, Equatable {
+    case item(StreamItem)
+    /// The stream ended (as `next()` returning nil).
+    case end
+    /// The next item has not arrived yet: `next()` would wait.
+    case notReady
+}
+
 /// A stream of OpenAI chat-completion chunks from some upstream, already translated.
 public protocol ChatStream: AnyObject, Sendable {
     /// The next item, nil after the end. Throws `ProviderFailure` when the upstream fails.
     func next() async throws -> StreamItem?
+    /// The next item only if it is already here (so that events which arrived together are written to the
+    /// client together); never waits. Throws as `next()` does.
+    func nextIfReady() throws -> StreamPoll
     /// Tokens used, known (or estimated) once the stream has ended.
     var usage: Usage { get }
     /// Response headers worth passing on.
     var headers: [(name: String, value: String)] { get }
     func cancel()
+}
+
+extension ChatStream {
+    /// Streams that cannot tell say nothing is ready: each item is then written as it comes.
+    public func nextIfReady() throws -> StreamPoll { .notReady }
 }
 
 public enum ChatResult: Sendable {

@@ -1,5 +1,7 @@
 @testable import Gateway
 import MeshCore
+import NIOCore
+import Providers
 import Testing
 
 /// A peer's answer passes through the forwarding node spliced, not parsed and re-encoded: its own
@@ -39,5 +41,58 @@ import Testing
         #expect(Gateway.peerAnswer(Array(#"{"choices":[]}"#.utf8)) == nil)
         #expect(Gateway.peerAnswer(Array(#"{"x_aiproxy":"text"}"#.utf8)) == nil)
         #expect(Gateway.peerAnswer(Array(#"not json"#.utf8)) == nil)
+    }
+}
+
+/// What `pumpStream` writes at once: the item in hand and whatever has already arrived behind it, never
+/// waiting for more, bounded in size, ending with `[DONE]` or the failure.
+@Suite struct StreamGatherTests {
+    struct Boom: Error {}
+
+    static func run(_ first: StreamItem, polls: [Result<StreamPoll, Boom>], limit: Int = 1 << 16) -> (String, Gateway.Gathered, polled: Int) {
+        var buffer = ByteBuffer()
+        var remaining = polls[...]
+        var polled = 0
+        let result = Gateway.gather(first, into: &buffer, limit: limit, poll: {
+            polled += 1
+            guard let next = remaining.popFirst() else { return .notReady }
+            return try next.get()
+        }, final: { _ in Array(#"{"last":true}"#.utf8) })
+        return (String(buffer: buffer), result, polled)
+    }
+
+    @Test func readyItems_goOutTogether_andItStopsAtTheFirstThatIsNot() {
+        let (text, result, polled) = Self.run(.chunk(Array("a".utf8)), polls: [.success(.item(.chunk(Array("b".utf8)))), .success(.item(.chunk(Array("c".utf8)))), .success(.notReady),
+                                                                                .success(.item(.chunk(Array("never".utf8))))])
+        #expect(text == "data: a\n\ndata: b\n\ndata: c\n\n")
+        guard case .more = result else { Issue.record("expected more, got \(result)"); return }
+        #expect(polled == 3, "nothing is asked for after the first item that is not there yet")
+    }
+
+    @Test func theFinalChunk_isRendered_andDoneFollows() {
+        let (text, result, _) = Self.run(.chunk(Array("a".utf8)), polls: [.success(.item(.final(Array(#"{"x":1}"#.utf8))))])
+        #expect(text == "data: a\n\ndata: {\"last\":true}\n\ndata: [DONE]\n\n")
+        guard case .done = result else { Issue.record("expected done, got \(result)"); return }
+    }
+
+    @Test func anEndWithoutAFinalChunk_stillSaysDone() {
+        let (text, result, _) = Self.run(.chunk(Array("a".utf8)), polls: [.success(.end)])
+        #expect(text == "data: a\n\ndata: [DONE]\n\n")
+        guard case .done = result else { Issue.record("expected done, got \(result)"); return }
+    }
+
+    @Test func aFailure_keepsWhatCameBefore() {
+        let (text, result, _) = Self.run(.chunk(Array("a".utf8)), polls: [.success(.item(.chunk(Array("b".utf8)))), .failure(Boom())])
+        #expect(text == "data: a\n\ndata: b\n\n")
+        guard case .failed(let error) = result, error is Boom else { Issue.record("expected the failure, got \(result)"); return }
+    }
+
+    @Test func oneWriteIsBounded() {
+        let big = [UInt8](repeating: UInt8(ascii: "x"), count: 1000)
+        let polls = Array(repeating: Result<StreamPoll, Boom>.success(.item(.chunk(big))), count: 100)
+        let (text, result, polled) = Self.run(.chunk(big), polls: polls, limit: 4096)
+        #expect(text.utf8.count >= 4096 && text.utf8.count < 4096 + 1010)
+        #expect(polled == 4, "stops asking once the limit is reached")
+        guard case .more = result else { Issue.record("expected more, got \(result)"); return }
     }
 }

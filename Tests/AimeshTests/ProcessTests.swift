@@ -495,11 +495,14 @@ struct ProcessTests {
                 while stop.value("stop") == 0 {
                     let n = recv(slow, &buffer, buffer.count, 0)
                     if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) { return (total, false) }
-                    if n > 0 { total += n }
+                    if n > 0 { total += n; stop.add("reads") }
                 }
                 return (total, true)
             }
         }
+        // Both 5 MB requests are parsed and forwarded before either stream starts, and the stalled one can
+        // be cut before the reader's stream has begun (so the reader would not be checked at all): wait for it.
+        #expect(await eventually(.seconds(30)) { stop.value("reads") > 0 }, "the reading client's stream began")
         // The node closes its end of the stalled connection: the kernel lists the node's socket as past
         // ESTABLISHED (FIN_WAIT …), though the bytes already queued toward this client sit unread.
         #expect(await eventually(.seconds(30)) { nodeSideClosed(stalled, apiPort: apiPort) },

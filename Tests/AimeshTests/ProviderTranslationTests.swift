@@ -1,3 +1,5 @@
+import CurlHTTP
+import MockUpstream
 import MeshCore
 @testable import Providers
 import Testing
@@ -144,5 +146,54 @@ import Testing
         let gateway = CloudflareAdapter(name: "cf", baseURL: "https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai", accountID: "acc", apiToken: "t", client: client)
         #expect(gateway.runURL == "https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai")
         #expect(gateway.openAIBase == "https://gateway.ai.cloudflare.com/v1/acc/gw/workers-ai/v1")
+    }
+}
+
+/// `nextIfReady` (what the gateway uses to write events that arrived together in one go) gives the same
+/// items, in the same order, as `next()` alone, with the stream read both ways mixed as the gateway does.
+@Suite(.timeLimit(.minutes(1))) struct StreamPollTests {
+    let client = CurlClient()
+
+    func items(_ stream: any ChatStream, mixed: Bool) async throws -> (items: [StreamItem], polled: Int) {
+        var items: [StreamItem] = []
+        var polled = 0
+        while let item = try await stream.next() {
+            items.append(item)
+            guard mixed else { continue }
+            // Drain what is already here without waiting, as pumpStream does after each item.
+            polling: while true {
+                switch try stream.nextIfReady() {
+                case .item(let more): items.append(more); polled += 1
+                case .end: return (items, polled)
+                case .notReady: break polling
+                }
+            }
+        }
+        return (items, polled)
+    }
+
+    @Test func pollingAndWaiting_giveTheSameItems() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let adapter = OpenAIAdapter(name: "m", baseURL: mocks[0].baseURL + "/v1", apiKey: nil, client: client)
+            let words = (1...400).map { "w\($0)" }.joined(separator: " ")
+            for usage in [false, true] {
+                let extra: JSONObject = usage ? ["stream_options": ["include_usage": true]] : [:]
+                let request = try ChatRequest(bytes: chatBody("m", words, stream: true, extra: extra).bytes)
+                var results: [[StreamItem]] = []
+                var polled = 0
+                for mixed in [false, true] {
+                    guard case .stream(let stream) = try await adapter.chat(ChatCall(request: request, upstreamModel: "m", requestID: "r")) else {
+                        Issue.record("expected a stream"); return
+                    }
+                    let read = try await items(stream, mixed: mixed)
+                    results.append(read.items)
+                    polled += read.polled
+                }
+                #expect(results[0].count > 400, "one chunk per word and more")
+                #expect(polled > 0, "some items were already there when asked for without waiting")
+                #expect(results[0] == results[1], "include_usage \(usage): polled and waited-for items differ")
+                guard case .final? = results[1].last else { Issue.record("the last item is the final chunk"); return }
+            }
+        }
     }
 }
