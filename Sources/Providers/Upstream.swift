@@ -205,15 +205,7 @@ final class TranslatingStream<Translator: StreamTranslator>: ChatStream, @unchec
 
     func next() async throws -> StreamItem? {
         while true {
-            if queueIndex < queue.count {
-                let item = queue[queueIndex]
-                queueIndex += 1
-                if queueIndex == queue.count {
-                    queue.removeAll(keepingCapacity: true)
-                    queueIndex = 0
-                }
-                return item
-            }
+            if let item = dequeue() { return item }
             if done { return nil }
             let chunk: [UInt8]?
             do {
@@ -221,26 +213,57 @@ final class TranslatingStream<Translator: StreamTranslator>: ChatStream, @unchec
             } catch {
                 throw ProviderFailure.from(error)
             }
-            var events: [SSEEvent]
-            if let chunk {
-                do {
-                    events = try parser.feed(chunk)
-                } catch {
-                    throw ProviderFailure(kind: .malformedResponse, message: "\(error)")
-                }
+            try take(chunk)
+        }
+    }
+
+    func nextIfReady() throws -> StreamPoll {
+        while true {
+            if let item = dequeue() { return .item(item) }
+            if done { return .end }
+            let available: [UInt8]??
+            do {
+                available = try response.nextIfAvailable()
+            } catch {
+                throw ProviderFailure.from(error)
+            }
+            guard let chunk = available else { return .notReady }
+            try take(chunk)
+        }
+    }
+
+    private func dequeue() -> StreamItem? {
+        guard queueIndex < queue.count else { return nil }
+        let item = queue[queueIndex]
+        queueIndex += 1
+        if queueIndex == queue.count {
+            queue.removeAll(keepingCapacity: true)
+            queueIndex = 0
+        }
+        return item
+    }
+
+    /// Parses and translates the upstream's next bytes (nil: its end).
+    private func take(_ chunk: [UInt8]?) throws {
+        var events: [SSEEvent]
+        if let chunk {
+            do {
+                events = try parser.feed(chunk)
+            } catch {
+                throw ProviderFailure(kind: .malformedResponse, message: "\(error)")
+            }
+        } else {
+            events = parser.finish().map { [$0] } ?? []
+        }
+        for event in events {
+            for piece in try translator.translate(event) { apply(piece) }
+            if done { break }
+        }
+        if chunk == nil && !done {
+            if finishReason != nil {
+                finishStream()
             } else {
-                events = parser.finish().map { [$0] } ?? []
-            }
-            for event in events {
-                for piece in try translator.translate(event) { apply(piece) }
-                if done { break }
-            }
-            if chunk == nil && !done {
-                if finishReason != nil {
-                    finishStream()
-                } else {
-                    throw ProviderFailure(kind: .streamCut, message: "the upstream ended the stream before it finished")
-                }
+                throw ProviderFailure(kind: .streamCut, message: "the upstream ended the stream before it finished")
             }
         }
     }
