@@ -38,6 +38,7 @@ public final class CurlClient: Sendable {
     /// aborts the transfer.
     public func start(_ request: OutboundRequest) async throws -> OutboundResponse {
         let transfer = try Transfer(request: request, engine: engine)
+        request.abort?.onFire { [weak transfer] reason in transfer?.abort(reason) }
         let head: ResponseHead = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ResponseHead, any Error>) in
                 transfer.state.withLock { $0.headContinuation = continuation }
@@ -54,6 +55,7 @@ public final class CurlClient: Sendable {
     /// instead of one per head and chunk — so use it whenever nothing is streamed to a client.
     public func send(_ request: OutboundRequest, maxBytes: Int = 64 << 20) async throws -> (ResponseHead, [UInt8]) {
         let transfer = try Transfer(request: request, engine: engine, wholeBodyLimit: maxBytes)
+        request.abort?.onFire { [weak transfer] reason in transfer?.abort(reason) }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<(ResponseHead, [UInt8]), any Error>) in
                 transfer.state.withLock { $0.wholeContinuation = continuation }
@@ -136,6 +138,8 @@ final class Transfer: @unchecked Sendable {
         var bodyContinuation: CheckedContinuation<[UInt8]?, any Error>?
         var paused = false
         var cancelRequested = false
+        /// Set by `abort(_:)`: the transfer ends with `.aborted` and this message instead of `.cancelled`.
+        var abortReason: String?
         /// Whole-body mode (`send`): the caller waits here for head and body together.
         var wholeContinuation: CheckedContinuation<(ResponseHead, [UInt8]), any Error>?
         var wholeBody: [UInt8] = []
@@ -200,6 +204,25 @@ final class Transfer: @unchecked Sendable {
             return true
         }
         if first { engine.submit(.cancel(self)) }
+    }
+
+    /// Ends the transfer with `.aborted` and `reason` (its `AbortSignal` fired).
+    func abort(_ reason: String) {
+        let first = state.withLock { state -> Bool in
+            if state.cancelRequested || state.finished != nil { return false }
+            state.cancelRequested = true
+            state.abortReason = reason
+            return true
+        }
+        if first { engine.submit(.cancel(self)) }
+    }
+
+    /// The error a cancelled transfer ends with: `.aborted` with its reason if it was aborted.
+    func cancellationError(phase: TransferError.Phase) -> TransferError {
+        if let reason = state.withLock({ $0.abortReason }) {
+            return TransferError(kind: .aborted, phase: phase, message: reason)
+        }
+        return TransferError(kind: .cancelled, phase: phase, message: "request cancelled")
     }
 
     private enum Immediate { case chunk([UInt8]), end, failure(TransferError), wait }

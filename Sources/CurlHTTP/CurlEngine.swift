@@ -217,7 +217,7 @@ final class CurlEngine: @unchecked Sendable {
         switch command {
         case .add(let transfer):
             if transfer.state.withLock({ $0.cancelRequested }) {
-                transfer.finish(TransferError(kind: .cancelled, phase: .beforeResponse, message: "request cancelled"))
+                transfer.finish(transfer.cancellationError(phase: .beforeResponse))
                 return
             }
             do {
@@ -234,7 +234,7 @@ final class CurlEngine: @unchecked Sendable {
             curl_multi_add_handle(multi, transfer.easy)
         case .cancel(let transfer):
             guard let easy = transfer.easy, active[easy] != nil else { return }
-            complete(transfer, error: TransferError(kind: .cancelled, phase: transfer.headSeen ? .duringBody : .beforeResponse, message: "request cancelled"))
+            complete(transfer, error: transfer.cancellationError(phase: transfer.headSeen ? .duringBody : .beforeResponse))
         case .unpause(let transfer):
             guard let easy = transfer.easy, active[easy] != nil else { return }
             curl_easy_pause(easy, aimesh_curlpause_cont())

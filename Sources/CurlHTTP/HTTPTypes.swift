@@ -1,3 +1,5 @@
+import Synchronization
+
 /// An outbound HTTP request.
 public struct OutboundRequest: Sendable {
     public var method: String
@@ -5,17 +7,52 @@ public struct OutboundRequest: Sendable {
     public var headers: [(name: String, value: String)]
     public var body: [UInt8]?
     public var timeouts: Timeouts
+    /// Ends the transfer from outside (`AbortSignal.fire`) with `TransferError.Kind.aborted`.
+    public var abort: AbortSignal?
 
-    public init(method: String = "GET", url: String, headers: [(name: String, value: String)] = [], body: [UInt8]? = nil, timeouts: Timeouts = Timeouts()) {
+    public init(method: String = "GET", url: String, headers: [(name: String, value: String)] = [], body: [UInt8]? = nil, timeouts: Timeouts = Timeouts(),
+                abort: AbortSignal? = nil) {
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
         self.timeouts = timeouts
+        self.abort = abort
     }
 
     public static func post(_ url: String, json body: [UInt8], headers: [(name: String, value: String)] = [], timeouts: Timeouts = Timeouts()) -> OutboundRequest {
         OutboundRequest(method: "POST", url: url, headers: [("Content-Type", "application/json")] + headers, body: body, timeouts: timeouts)
+    }
+}
+
+/// Lets someone other than the waiting task end a transfer, with a reason (the mesh, when the peer a
+/// request was forwarded to is declared dead): the transfer fails with `.aborted` and that reason. Firing
+/// before the transfer starts aborts it as soon as it does; firing twice does nothing more.
+public final class AbortSignal: Sendable {
+    private let state = Mutex<(reason: String?, actions: [@Sendable (String) -> Void])>((nil, []))
+
+    public init() {}
+
+    public var reason: String? { state.withLock { $0.reason } }
+
+    public func fire(_ reason: String) {
+        let actions = state.withLock { state -> [@Sendable (String) -> Void] in
+            guard state.reason == nil else { return [] }
+            state.reason = reason
+            defer { state.actions = [] }
+            return state.actions
+        }
+        for action in actions { action(reason) }
+    }
+
+    /// Runs `action` when the signal fires (at once if it has).
+    func onFire(_ action: @escaping @Sendable (String) -> Void) {
+        let fired = state.withLock { state -> String? in
+            if let reason = state.reason { return reason }
+            state.actions.append(action)
+            return nil
+        }
+        if let fired { action(fired) }
     }
 }
 
@@ -67,6 +104,8 @@ public struct TransferError: Error, Sendable, CustomStringConvertible {
         case connectionReset
         case tooLarge(limit: Int)
         case cancelled
+        /// Ended by the request's `AbortSignal`; the message is its reason.
+        case aborted
         case invalidRequest
         case shutdown
         case other(code: Int)

@@ -103,7 +103,7 @@ final class MeshRoutes: RemoteRouteSource {
 }
 
 /// A forward to a peer that gives up as soon as the mesh declares the peer dead (or it leaves): until the
-/// answer's head arrives, the attempt races `MeshService.waitUntilGone`, so a request sent into a
+/// answer's head arrives, the mesh's verdict (`MeshService.onGone`) aborts the transfer, so a request sent into a
 /// partition or to a machine that vanished fails over within the failure-detection time instead of
 /// waiting out its timeouts. Once a stream has started it runs to its end (a cut is reported in-stream).
 struct PeerWatchedAdapter: ProviderAdapter {
@@ -115,25 +115,25 @@ struct PeerWatchedAdapter: ProviderAdapter {
     var name: String { inner.name }
 
     func chat(_ call: ChatCall) async throws -> ChatResult {
-        try await watched { try await inner.chat(call) }
+        var call = call
+        call.abort = AbortSignal()
+        return try await watched(call.abort!) { try await inner.chat(call) }
     }
 
     func embeddings(_ call: EmbeddingsCall) async throws -> CompletedResponse {
-        try await watched { try await inner.embeddings(call) }
+        var call = call
+        call.abort = AbortSignal()
+        return try await watched(call.abort!) { try await inner.embeddings(call) }
     }
 
-    private func watched<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await operation() }
-            group.addTask {
-                await service.waitUntilGone(peer)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw ProviderFailure(kind: .connect, message: "\(peerName) became unreachable (the mesh declared it dead) before it answered")
-            }
-            return value
-        }
+    /// Until `operation` returns (the answer's head for a stream, the whole answer otherwise), the peer's
+    /// death aborts its transfer, which fails with a connect error the executor fails over from. A callback
+    /// the mesh calls, not a task racing the forward: no child tasks, no extra hops between threads.
+    private func watched<T>(_ signal: AbortSignal, _ operation: () async throws -> T) async throws -> T {
+        let message = "\(peerName) became unreachable (the mesh declared it dead) before it answered"
+        let watch = service.onGone(peer) { signal.fire(message) }
+        defer { watch.cancel() }
+        if signal.reason != nil { throw ProviderFailure(kind: .connect, message: message) }
+        return try await operation()
     }
 }

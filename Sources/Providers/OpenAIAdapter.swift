@@ -48,8 +48,9 @@ public struct OpenAIAdapter: ProviderAdapter {
             }
         }
         let body = BodyEdit.apply(edits, to: request.raw, topLevel: request.topLevel)
-        let outbound = OutboundRequest.post("\(baseURL)/chat/completions", json: body, headers: requestHeaders(call.extraHeaders + (signer?(body, call.requestID) ?? [])),
+        var outbound = OutboundRequest.post("\(baseURL)/chat/completions", json: body, headers: requestHeaders(call.extraHeaders + (signer?(body, call.requestID) ?? [])),
                                             timeouts: call.timeouts)
+        outbound.abort = call.abort
         if !request.stream {
             let (head, bytes) = try await upstream.fetchWithHead(outbound)
             var completed = try OpenAIAdapter.completed(bytes, request: request, providerName: name)
@@ -87,8 +88,9 @@ public struct OpenAIAdapter: ProviderAdapter {
         var edits: [BodyEdit] = []
         if call.upstreamModel != request.model { edits.append(.replace(key: "model", with: .string(call.upstreamModel))) }
         let body = BodyEdit.apply(edits, to: request.raw, topLevel: request.topLevel)
-        let outbound = OutboundRequest.post("\(baseURL)/embeddings", json: body, headers: requestHeaders(call.extraHeaders + (signer?(body, call.requestID) ?? [])),
+        var outbound = OutboundRequest.post("\(baseURL)/embeddings", json: body, headers: requestHeaders(call.extraHeaders + (signer?(body, call.requestID) ?? [])),
                                             timeouts: call.timeouts)
+        outbound.abort = call.abort
         let bytes = try await upstream.fetch(outbound)
         let parsed: JSONParser.TopLevel
         do {

@@ -11,6 +11,8 @@ public struct ChatCall: Sendable {
     public var extraHeaders: [(name: String, value: String)]
     /// Default `max_tokens` for APIs that require one (Anthropic).
     public var defaultMaxTokens: Int
+    /// Ends the upstream call from outside (peer forwarding: the peer was declared dead).
+    public var abort: AbortSignal?
 
     public init(request: ChatRequest, upstreamModel: String, requestID: String, timeouts: Timeouts = Timeouts(), extraHeaders: [(name: String, value: String)] = [], defaultMaxTokens: Int = 4096) {
         self.request = request
@@ -28,6 +30,8 @@ public struct EmbeddingsCall: Sendable {
     public var requestID: String
     public var timeouts: Timeouts
     public var extraHeaders: [(name: String, value: String)]
+    /// Ends the upstream call from outside (peer forwarding: the peer was declared dead).
+    public var abort: AbortSignal?
 
     public init(request: EmbeddingsRequest, upstreamModel: String, requestID: String, timeouts: Timeouts = Timeouts(), extraHeaders: [(name: String, value: String)] = []) {
         self.request = request
@@ -176,6 +180,8 @@ public struct ProviderFailure: Error, Sendable, CustomStringConvertible {
     public static func from(_ error: TransferError) -> ProviderFailure {
         switch error.kind {
         case .cancelled, .shutdown: return ProviderFailure(kind: .cancelled, message: error.message)
+        // Aborted from outside (the peer was declared dead): the route failed, the next may serve.
+        case .aborted: return ProviderFailure(kind: .connect, message: error.message)
         case .couldNotConnect, .couldNotResolve: return ProviderFailure(kind: .connect, message: "could not connect: \(error.message)")
         case .connectTimeout: return ProviderFailure(kind: .connect, message: "connect timed out: \(error.message)")
         case .firstByteTimeout, .idleTimeout, .totalTimeout: return ProviderFailure(kind: .timeout, message: error.message)

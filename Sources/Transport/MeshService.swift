@@ -213,19 +213,41 @@ public final class MeshService: Service, Sendable {
         let waiter = GoneWaiter()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                // Register first, then look: a verdict landing in between still finds the waiter.
-                let armed = goneWaiters.withLock { waiters -> Bool in
-                    guard waiter.arm(continuation) else { return false }
-                    waiters[node, default: []].append(waiter)
-                    return true
-                }
-                guard armed else { return continuation.resume() }
-                let status = state.withLock { $0.agent.swim.members[node]?.status }
-                if status != .alive && status != .suspect { waiter.fire() }
+                guard arm(waiter, for: node, action: { continuation.resume() }) else { return continuation.resume() }
             }
         } onCancel: {
             waiter.fire()
         }
+        disarm(waiter, for: node)
+    }
+
+    /// Runs `action` once when `node` is declared dead or leaves (at once if it is not an alive or suspect
+    /// member), unless the returned watch is cancelled first. Without a task: a forward to a peer registers
+    /// one of these instead of racing `waitUntilGone` in a task group.
+    public func onGone(_ node: NodeID, _ action: @escaping @Sendable () -> Void) -> GoneWatch {
+        let waiter = GoneWaiter()
+        if !arm(waiter, for: node, action: action) { action() }
+        return GoneWatch { [weak self] in
+            waiter.disarm()
+            self?.disarm(waiter, for: node)
+        }
+    }
+
+    /// Registers first, then looks: a verdict landing in between still finds the waiter. False if the
+    /// waiter had already fired (cancelled before it could wait).
+    private func arm(_ waiter: GoneWaiter, for node: NodeID, action: @escaping @Sendable () -> Void) -> Bool {
+        let armed = goneWaiters.withLock { waiters -> Bool in
+            guard waiter.arm(action) else { return false }
+            waiters[node, default: []].append(waiter)
+            return true
+        }
+        guard armed else { return false }
+        let status = state.withLock { $0.agent.swim.members[node]?.status }
+        if status != .alive && status != .suspect { waiter.fire() }
+        return true
+    }
+
+    private func disarm(_ waiter: GoneWaiter, for node: NodeID) {
         goneWaiters.withLock { waiters in
             waiters[node]?.removeAll { $0 === waiter }
             if waiters[node]?.isEmpty == true { waiters[node] = nil }
@@ -714,25 +736,41 @@ public final class MeshService: Service, Sendable {
 
 /// One `waitUntilGone` call: resumed once, by whichever comes first (the member gone, or cancellation).
 final class GoneWaiter: Sendable {
-    private let state = Mutex<(continuation: CheckedContinuation<Void, Never>?, fired: Bool)>((nil, false))
+    private let state = Mutex<(action: (@Sendable () -> Void)?, fired: Bool)>((nil, false))
 
-    /// Stores the continuation; false if the waiter already fired (cancelled before it could wait).
-    func arm(_ continuation: CheckedContinuation<Void, Never>) -> Bool {
+    /// Stores what to do when the member is gone; false if the waiter already fired (cancelled before it
+    /// could wait).
+    func arm(_ action: @escaping @Sendable () -> Void) -> Bool {
         state.withLock { state in
             if state.fired { return false }
-            state.continuation = continuation
+            state.action = action
             return true
         }
     }
 
     func fire() {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+        let action = state.withLock { state -> (@Sendable () -> Void)? in
             state.fired = true
-            defer { state.continuation = nil }
-            return state.continuation
+            defer { state.action = nil }
+            return state.action
         }
-        continuation?.resume()
+        action?()
     }
+
+    /// Fires no more.
+    func disarm() {
+        state.withLock { state in
+            state.fired = true
+            state.action = nil
+        }
+    }
+}
+
+/// A registration made with `MeshService.onGone`; `cancel()` withdraws it (any number of times).
+public final class GoneWatch: Sendable {
+    private let withdraw: @Sendable () -> Void
+    init(_ withdraw: @escaping @Sendable () -> Void) { self.withdraw = withdraw }
+    public func cancel() { withdraw() }
 }
 
 extension SocketAddress {

@@ -39,6 +39,44 @@ import Glibc
         #expect(body == Array("ok".utf8))
     }
 
+    /// An `AbortSignal` ends a transfer from outside with `.aborted` and its reason: one waiting for its head
+    /// (the mock answers after 5 s), a stream mid-body, and one whose signal fired before it started.
+    @Test func abortSignal_endsTheTransfer_withItsReason() async throws {
+        try await withMocks([.init(name: "slow", latency: .seconds(5)), .init(name: "fast", eventInterval: .milliseconds(50))]) { mocks in
+            let waiting = AbortSignal()
+            let started = ContinuousClock.now
+            async let head: (ResponseHead, [UInt8]) = client.send(OutboundRequest(method: "POST", url: mocks[0].baseURL + "/v1/chat/completions",
+                                                                                   body: chatBody("x").bytes, abort: waiting))
+            #expect(await eventually { mocks[0].requestCount >= 1 })
+            waiting.fire("the peer was declared dead")
+            do {
+                _ = try await head
+                Issue.record("the transfer should have been aborted")
+            } catch let error as TransferError {
+                #expect(error.kind == .aborted && error.message == "the peer was declared dead" && error.phase == .beforeResponse)
+            }
+            #expect(ContinuousClock.now - started < .seconds(4), "not after the answer")
+
+            let streaming = AbortSignal()
+            let stream = try await client.start(.post(mocks[1].baseURL + "/v1/chat/completions", json: chatBody("x", "one two three four five six", stream: true).bytes)
+                                                .with(abort: streaming))
+            _ = try await stream.next()
+            streaming.fire("stop")
+            await #expect(throws: TransferError.self) { while try await stream.next() != nil {} }
+
+            let early = AbortSignal()
+            early.fire("before it began")
+            do {
+                _ = try await client.send(OutboundRequest(url: mocks[1].baseURL + "/v1/models", abort: early))
+                Issue.record("an aborted request is not sent")
+            } catch let error as TransferError {
+                #expect(error.kind == .aborted && error.message == "before it began")
+            }
+            let (after, _) = try await client.send(OutboundRequest(url: mocks[1].baseURL + "/v1/models"))
+            #expect(after.status == 200, "the client is fine afterwards")
+        }
+    }
+
     /// Requests of different kinds through one client: nothing of one (method, body, headers) reaches the next.
     /// (Kept from an experiment with reused, reset easy handles, which this test guarded; the pool measured no
     /// gain with `scripts/bench-cpu` and was left out.)
@@ -263,4 +301,12 @@ private func oneShotServer(answer: [UInt8]) throws -> (port: Int, done: Task<Voi
         _ = answer.withUnsafeBytes { write(connection, $0.baseAddress, $0.count) }
     }
     return (port, done)
+}
+
+extension OutboundRequest {
+    func with(abort signal: AbortSignal) -> OutboundRequest {
+        var copy = self
+        copy.abort = signal
+        return copy
+    }
 }

@@ -110,6 +110,28 @@ struct MeshTransportTests {
         #expect([MemberStatus.left, .dead].contains(a.service.members().first?.status))
     }
 
+    /// `onGone` (what forwards register): fires at once for a stranger, never once cancelled, and once when
+    /// a member leaves — not before, and not twice.
+    @Test func onGone_firesForStrangers_notWhenCancelled_andOnceWhenTheMemberLeaves() async throws {
+        let a = try await Self.start(name: "a", seeds: [])
+        let b = try await Self.start(name: "b", seeds: [a.service.address])
+        defer { Task { await a.service.stop() } }
+        #expect(await eventually { Self.aliveCount(a.service) == 1 })
+        let fired = Counter()
+        let stranger = a.service.onGone(Ed25519.KeyPair.generate().nodeID) { fired.add("stranger") }
+        #expect(fired.value("stranger") == 1, "not a member: at once")
+        stranger.cancel()
+        let withdrawn = a.service.onGone(b.key.nodeID) { fired.add("withdrawn") }
+        let watching = a.service.onGone(b.key.nodeID) { fired.add("gone") }
+        #expect(fired.value("gone") == 0, "b is alive: not yet")
+        withdrawn.cancel()
+        await b.service.leave()
+        await b.service.stop()
+        #expect(await eventually { fired.value("gone") == 1 })
+        watching.cancel()
+        #expect(fired.value("withdrawn") == 0 && fired.value("gone") == 1)
+    }
+
     @Test func gracefulLeave_isSeenAsLeft() async throws {
         let a = try await Self.start(name: "a", seeds: [])
         let b = try await Self.start(name: "b", seeds: [a.service.address])
