@@ -35,7 +35,9 @@ public enum ConfigLoader {
         return outcome
     }
 
-    public static func parse(yaml text: String, file: String = "<config>", environment: [String: String] = [:]) -> Outcome {
+    public static func parse(yaml original: String, file: String = "<config>", environment: [String: String] = [:]) -> Outcome {
+        // One notion of a line for the guard, the YAML library and every line number reported.
+        let text = YAMLAliasGuard.normalizingLineBreaks(original)
         switch YAMLAliasGuard.firstFinding(in: text) {
         case .alias(let line)?:
             return Outcome(configuration: nil, diagnostics: [ConfigDiagnostic(file: file, line: line, field: "", message:

@@ -22,19 +22,60 @@ enum YAMLAliasGuard {
         return nil
     }
 
+    /// The text with every line break YAML knows — CR LF, a lone CR, NEL, LS, PS — written as LF, so that the
+    /// guard and the YAML library agree on where lines end. (A comment ended by a lone CR once hid a
+    /// complex key from the guard that the library then took for a new line: the loader hung. Found by the
+    /// config fuzzer.) YAML reads all of these as line breaks anyway; nothing a config means changes.
+    static func normalizingLineBreaks(_ text: String) -> String {
+        let utf8 = text.utf8
+        guard utf8.contains(where: { $0 == 0x0D || $0 == 0xC2 || $0 == 0xE2 }) else { return text }
+        var out: [UInt8] = []
+        out.reserveCapacity(utf8.count)
+        let bytes = Array(utf8)
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == 0x0D {
+                out.append(0x0A)
+                index += index + 1 < bytes.count && bytes[index + 1] == 0x0A ? 2 : 1
+            } else if byte == 0xC2, index + 1 < bytes.count, bytes[index + 1] == 0x85 {
+                out.append(0x0A)  // NEL
+                index += 2
+            } else if byte == 0xE2, index + 2 < bytes.count, bytes[index + 1] == 0x80, bytes[index + 2] == 0xA8 || bytes[index + 2] == 0xA9 {
+                out.append(0x0A)  // LS, PS
+                index += 3
+            } else {
+                out.append(byte)
+                index += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// The first alias or complex key, or nil.
     static func firstFinding(in text: String) -> Finding? {
+        let text = normalizingLineBreaks(text)
         var line = 1
         var quote: UInt8?            // ' or " while inside a quoted scalar (they may span lines)
-        var blockIndent: Int?        // inside a block scalar (| or >): lines indented deeper than this
+        var blockIndent: Int?        // inside a block scalar (| or >) started on a line indented this much
+        var contentIndent: Int?      // … whose first text line set this indentation (as YAML does)
         var flowDepth = 0            // inside [ ] or { } (block scalars cannot start there)
         for rawLine in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             defer { line += 1 }
             let bytes = Array(rawLine)
             let indent = bytes.prefix { $0 == UInt8(ascii: " ") }.count
             if let block = blockIndent {
-                if bytes.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") }) || indent > block { continue }
+                // The block's text is what is indented at least as deep as its first text line; a line less
+                // indented ends it, even one still deeper than the key (YAML reads that as structure, so must we).
+                if bytes.allSatisfy({ $0 == UInt8(ascii: " ") }) { continue }
+                if let content = contentIndent {
+                    if indent >= content { continue }
+                } else if indent > block {
+                    contentIndent = indent
+                    continue
+                }
                 blockIndent = nil
+                contentIndent = nil
             }
             var index = 0
             var previous: UInt8 = UInt8(ascii: " ")   // what came before: a token starts after space or [ { ,
@@ -78,8 +119,10 @@ enum YAMLAliasGuard {
                     // The explicit-key indicator: "?" then a space, a tab or the end of the line.
                     let next = index + 1 < bytes.count ? bytes[index + 1] : UInt8(ascii: " ")
                     if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\r") { return .complexKey(line: line) }
-                } else if byte == UInt8(ascii: ":") && (previous == UInt8(ascii: "]") || previous == UInt8(ascii: "}")) {
-                    // A flow collection used as an implicit key: "[a, b]: …" or "{a: b}: …".
+                } else if byte == UInt8(ascii: ":") && lastSignificantIndex >= 0
+                            && (bytes[lastSignificantIndex] == UInt8(ascii: "]") || bytes[lastSignificantIndex] == UInt8(ascii: "}")) {
+                    // A flow collection used as an implicit key: "[a, b]: …", "{a: b}: …", also with blanks
+                    // before the colon ("[a, b] : …").
                     let next = index + 1 < bytes.count ? bytes[index + 1] : UInt8(ascii: " ")
                     if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\r") || next == UInt8(ascii: ",")
                         || next == UInt8(ascii: "]") || next == UInt8(ascii: "}") { return .complexKey(line: line) }
@@ -99,6 +142,7 @@ enum YAMLAliasGuard {
                 let indicator = bytes[start]
                 if (indicator == UInt8(ascii: "|") || indicator == UInt8(ascii: ">")) && (start == 0 || bytes[start - 1] == UInt8(ascii: " ")) {
                     blockIndent = indent
+                    contentIndent = nil
                 }
             }
         }
