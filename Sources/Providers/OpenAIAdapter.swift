@@ -251,24 +251,12 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
 
     /// Waits for the upstream's next bytes and parses them (every parsed event has been used).
     private func fill() async throws {
-        let chunk: [UInt8]?
-        do {
-            chunk = try await response.next()
-        } catch {
-            throw ProviderFailure.from(error)
-        }
-        try take(chunk)
+        try take(try await response.nextChunk())
     }
 
     /// Parses the upstream's next bytes if they have arrived; false when they have not.
     private func fillIfAvailable() throws -> Bool {
-        let available: [UInt8]??
-        do {
-            available = try response.nextIfAvailable()
-        } catch {
-            throw ProviderFailure.from(error)
-        }
-        guard let chunk = available else { return false }
+        guard let chunk = try response.nextChunkIfAvailable() else { return false }
         try take(chunk)
         return true
     }

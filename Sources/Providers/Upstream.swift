@@ -7,6 +7,18 @@ import Glibc
 import Darwin
 #endif
 
+extension OutboundResponse {
+    /// `next()`, its errors as the `ProviderFailure` a client may see (for the streams that read it).
+    func nextChunk() async throws(ProviderFailure) -> [UInt8]? {
+        do { return try await next() } catch { throw ProviderFailure.from(error) }
+    }
+
+    /// `nextIfAvailable()` (nil: nothing has arrived yet), its errors as `ProviderFailure`s.
+    func nextChunkIfAvailable() throws(ProviderFailure) -> [UInt8]?? {
+        do { return try nextIfAvailable() } catch { throw ProviderFailure.from(error) }
+    }
+}
+
 /// Sending to an upstream and turning what comes back into `ProviderFailure`s that a client may see.
 struct Upstream: Sendable {
     let client: CurlClient
@@ -207,13 +219,7 @@ final class TranslatingStream<Translator: StreamTranslator>: ChatStream, @unchec
         while true {
             if let item = dequeue() { return item }
             if done { return nil }
-            let chunk: [UInt8]?
-            do {
-                chunk = try await response.next()
-            } catch {
-                throw ProviderFailure.from(error)
-            }
-            try take(chunk)
+            try take(try await response.nextChunk())
         }
     }
 
@@ -221,13 +227,7 @@ final class TranslatingStream<Translator: StreamTranslator>: ChatStream, @unchec
         while true {
             if let item = dequeue() { return .item(item) }
             if done { return .end }
-            let available: [UInt8]??
-            do {
-                available = try response.nextIfAvailable()
-            } catch {
-                throw ProviderFailure.from(error)
-            }
-            guard let chunk = available else { return .notReady }
+            guard let chunk = try response.nextChunkIfAvailable() else { return .notReady }
             try take(chunk)
         }
     }
