@@ -267,6 +267,33 @@ import Glibc
         await #expect(throws: TransferError.self) { try await client.send(OutboundRequest(url: "ftp://example.org/")) }
     }
 
+    /// 8 MiB up and the same echoed back down: more than a socket buffer holds either way, so curl waits
+    /// to write and the engine waits for the server to read, then reads the answer in many pieces.
+    @Test func largeBodies_arriveWhole_bothWays() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let text = String(repeating: "abcdefgh", count: 1 << 20)
+            let request = chatBody("x", text).bytes
+            let (head, body) = try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: request), maxBytes: 64 << 20)
+            #expect(head.status == 200)
+            #expect(mocks[0].lastRequest?.body == request, "every byte of the upload arrived, in order")
+            let answer = try JSONParser.parse(body)["choices"]?[0]?["message"]?["content"]?.stringValue
+            #expect(answer == "Hello from m! You said: " + text, "every byte of the answer came back")
+        }
+    }
+
+    /// The server closes the connection after an answer: the next request opens a new connection
+    /// instead of failing on the dead one.
+    @Test func serverClosingTheConnection_isNotReusedAfterwards() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let url = mocks[0].baseURL + "/v1/chat/completions"
+            let (first, _) = try await client.send(.post(url, json: chatBody("x").bytes, headers: [("Connection", "close")]))
+            #expect(first.status == 200)
+            let (second, _) = try await client.send(.post(url, json: chatBody("x").bytes))
+            #expect(second.status == 200)
+            #expect(mocks[0].connectionCount == 2)
+        }
+    }
+
     @Test func headerWithLineBreak_isRefused() async throws {
         await #expect(throws: TransferError.self) {
             try await client.send(OutboundRequest(url: "http://127.0.0.1:1/", headers: [("X-Evil", "a\r\nInjected: 1")]))
