@@ -38,7 +38,7 @@ public enum ConfigLoader {
     public static func parse(yaml original: String, file: String = "<config>", environment: [String: String] = [:]) -> Outcome {
         // One notion of a line for the guard, the YAML library and every line number reported.
         let text = YAMLAliasGuard.normalizingLineBreaks(original)
-        switch YAMLAliasGuard.firstFinding(in: text) {
+        switch YAMLAliasGuard.firstFinding(normalized: text) {
         case .alias(let line)?:
             return Outcome(configuration: nil, diagnostics: [ConfigDiagnostic(file: file, line: line, field: "", message:
                 "YAML aliases (*name) are not accepted in aimesh configs (a few nested ones can stand for a document too large to load): write the value out, or quote it if it is text starting with '*'")])

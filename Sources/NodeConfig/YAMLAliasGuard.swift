@@ -54,7 +54,12 @@ enum YAMLAliasGuard {
 
     /// The first alias or complex key, or nil.
     static func firstFinding(in text: String) -> Finding? {
-        let text = normalizingLineBreaks(text)
+        firstFinding(normalized: normalizingLineBreaks(text))
+    }
+
+    /// `firstFinding(in:)` for text whose line breaks are already LF (`normalizingLineBreaks`): what the
+    /// loader has anyway, since the YAML library must read the same lines.
+    static func firstFinding(normalized text: String) -> Finding? {
         var line = 1
         var quote: UInt8?            // ' or " while inside a quoted scalar (they may span lines)
         var blockIndent: Int?        // inside a block scalar (| or >) started on a line indented this much
@@ -101,9 +106,9 @@ enum YAMLAliasGuard {
                     index += 1
                     continue
                 }
-                // A token starts after a space, a flow indicator, a line break — \r too, and the multi-byte
-                // breaks YAML knows (NEL, LS, PS) or a byte-order mark, which is why any non-ASCII byte counts.
-                let atTokenStart = previous == UInt8(ascii: " ") || previous == UInt8(ascii: "\t") || previous == UInt8(ascii: "\r")
+                // A token starts after a space, a flow indicator, the line's start, or a byte-order mark or
+                // other non-ASCII byte. (Every line break is LF by now, so none is inside a line.)
+                let atTokenStart = previous == UInt8(ascii: " ") || previous == UInt8(ascii: "\t")
                     || previous == UInt8(ascii: "[") || previous == UInt8(ascii: "{") || previous == UInt8(ascii: ",") || previous >= 0x80
                 if byte == UInt8(ascii: "#") && atTokenStart { break }  // a comment
                 if byte == UInt8(ascii: "[") || byte == UInt8(ascii: "{") { flowDepth += 1 }
@@ -111,26 +116,33 @@ enum YAMLAliasGuard {
                 if atTokenStart && scalarMayStart && (byte == UInt8(ascii: "'") || byte == UInt8(ascii: "\"")) {
                     quote = byte
                 } else if atTokenStart && byte == UInt8(ascii: "*"), index + 1 < bytes.count {
-                    let next = bytes[index + 1]
-                    let ends: [UInt8] = [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"), UInt8(ascii: ","), UInt8(ascii: "["),
-                                         UInt8(ascii: "]"), UInt8(ascii: "{"), UInt8(ascii: "}")]
-                    if !ends.contains(next) { return .alias(line: line) }
+                    switch bytes[index + 1] {
+                    case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: ","), UInt8(ascii: "["), UInt8(ascii: "]"),
+                         UInt8(ascii: "{"), UInt8(ascii: "}"):
+                        break
+                    default:
+                        return .alias(line: line)
+                    }
                 } else if atTokenStart && byte == UInt8(ascii: "?") {
                     // The explicit-key indicator: "?" then a space, a tab or the end of the line.
                     let next = index + 1 < bytes.count ? bytes[index + 1] : UInt8(ascii: " ")
-                    if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\r") { return .complexKey(line: line) }
+                    if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") { return .complexKey(line: line) }
                 } else if byte == UInt8(ascii: ":") && lastSignificantIndex >= 0
                             && (bytes[lastSignificantIndex] == UInt8(ascii: "]") || bytes[lastSignificantIndex] == UInt8(ascii: "}")) {
                     // A flow collection used as an implicit key: "[a, b]: …", "{a: b}: …", also with blanks
                     // before the colon ("[a, b] : …").
                     let next = index + 1 < bytes.count ? bytes[index + 1] : UInt8(ascii: " ")
-                    if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: "\r") || next == UInt8(ascii: ",")
+                    if next == UInt8(ascii: " ") || next == UInt8(ascii: "\t") || next == UInt8(ascii: ",")
                         || next == UInt8(ascii: "]") || next == UInt8(ascii: "}") { return .complexKey(line: line) }
                 }
-                if byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") && byte != UInt8(ascii: "\r") {
+                if byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") {
                     lastSignificantIndex = index
-                    scalarMayStart = [UInt8(ascii: ":"), UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: "["), UInt8(ascii: "{"),
-                                      UInt8(ascii: ",")].contains(byte)
+                    switch byte {
+                    case UInt8(ascii: ":"), UInt8(ascii: "-"), UInt8(ascii: "?"), UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","):
+                        scalarMayStart = true
+                    default:
+                        scalarMayStart = false
+                    }
                 }
                 previous = byte
                 index += 1
