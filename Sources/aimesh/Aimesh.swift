@@ -6,15 +6,19 @@ import NIOPosix
 
 /// The entry point. Before any Swift concurrency code runs, NIO's event loops become the global executor,
 /// so a request's handler runs on the event loop thread that read it: no hop from NIO to Swift
-/// concurrency's own pool and back for every request (`AIMESH_NIO_EXECUTOR=0` turns this off, to compare).
+/// concurrency's own pool and back for every request. `EventLoopGlobalExecutor` runs the jobs on the
+/// generic executor; `AIMESH_NIO_EXECUTOR=serial` uses NIO's own takeover instead (jobs isolated to the
+/// loop, one trip through its queue per nonisolated async call) and `AIMESH_NIO_EXECUTOR=0` none, to compare.
 @main
 enum Entry {
     static func main() {
         if let loops = ProcessInfo.processInfo.environment["AIMESH_EVENT_LOOPS"].flatMap(Int.init), loops > 0 {
             NIOSingletons.groupLoopCountSuggestion = loops
         }
-        if ProcessInfo.processInfo.environment["AIMESH_NIO_EXECUTOR"] != "0" {
-            NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        switch ProcessInfo.processInfo.environment["AIMESH_NIO_EXECUTOR"] {
+        case "0": break
+        case "serial": NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        default: _ = EventLoopGlobalExecutor.install()
         }
         Task {
             await Aimesh.main()
