@@ -87,8 +87,35 @@ public struct ResponseHead: Sendable {
 
     /// The first header with this name (case-insensitive).
     public func header(_ name: String) -> String? {
-        let lower = name.lowercased()
-        return headers.first { $0.name.lowercased() == lower }?.value
+        headers.first { $0.name.equalsIgnoringASCIICase(name) }?.value
+    }
+
+    /// The headers whose names start with `prefix` (case-insensitive), in order.
+    public func headers(withPrefix prefix: String) -> [(name: String, value: String)] {
+        headers.filter { $0.name.hasPrefixIgnoringASCIICase(prefix) }
+    }
+}
+
+extension StringProtocol {
+    /// Equal to `other` when ASCII letters are compared without case (header names), without building a
+    /// lowercased copy of either: a response's dozen header names were each copied to compare them.
+    public func equalsIgnoringASCIICase(_ other: some StringProtocol) -> Bool {
+        utf8.count == other.utf8.count && hasPrefixIgnoringASCIICase(other)
+    }
+
+    /// Starts with `prefix` when ASCII letters are compared without case.
+    public func hasPrefixIgnoringASCIICase(_ prefix: some StringProtocol) -> Bool {
+        var mine = utf8.makeIterator()
+        for theirs in prefix.utf8 {
+            guard let byte = mine.next() else { return false }
+            if byte != theirs && Self.asciiLower(byte) != Self.asciiLower(theirs) { return false }
+        }
+        return true
+    }
+
+    @inline(__always)
+    private static func asciiLower(_ byte: UInt8) -> UInt8 {
+        byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
     }
 }
 

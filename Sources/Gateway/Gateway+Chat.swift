@@ -498,7 +498,7 @@ extension Gateway {
     // MARK: What every response says about how it was served
 
     func path(for route: ExecutableRoute, downstream headers: [(name: String, value: String)]) -> [String] {
-        if let downstream = headers.first(where: { $0.name.lowercased() == "x-aiproxy-route" })?.value {
+        if let downstream = headers.first(where: { $0.name.equalsIgnoringASCIICase("x-aiproxy-route") })?.value {
             return [nodeName] + downstream.split(separator: ",").map { $0.trimmingWhitespace() }
         }
         return [nodeName] + route.pathSuffix

@@ -54,7 +54,7 @@ public struct OpenAIAdapter: ProviderAdapter {
         if !request.stream {
             let (head, bytes) = try await upstream.fetchWithHead(outbound)
             var completed = try OpenAIAdapter.completed(bytes, request: request, providerName: name)
-            completed.headers = head.headers.filter { $0.name.lowercased().hasPrefix("x-aiproxy-") }
+            completed.headers = head.headers(withPrefix: "x-aiproxy-")
             return .complete(completed)
         }
         let response = try await upstream.start(outbound)
@@ -159,7 +159,7 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
         self.response = response
         self.clientWantsUsage = request.clientWantsStreamUsage
         self.estimatedPromptTokens = request.estimatedPromptTokens
-        self.headers = response.head.headers.filter { $0.name.lowercased().hasPrefix("x-aiproxy-") }
+        self.headers = response.head.headers(withPrefix: "x-aiproxy-")
     }
 
     var usage: Usage {

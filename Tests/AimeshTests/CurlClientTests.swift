@@ -26,6 +26,22 @@ import Glibc
     /// The response head is read from curl's header lines as bytes: an interim 100 answer is dropped, the
     /// status needs no reason phrase, values lose surrounding blanks (not inner ones or colons), an empty
     /// value stays empty.
+    @Test func headerNames_matchWithoutASCIICase() {
+        let head = ResponseHead(status: 200, headers: [("Content-Type", "application/json"), ("X-AIProxy-Route", "b,local"),
+                                                       ("x-aiproxy-cost", "0.1"), ("X-Other", "1"), ("x-aiproxy", "short")])
+        #expect(head.header("content-type") == "application/json")
+        #expect(head.header("CONTENT-TYPE") == "application/json")
+        #expect(head.header("content-typ") == nil)
+        #expect(head.header("content-type2") == nil)
+        #expect(head.headers(withPrefix: "x-aiproxy-").map(\.name) == ["X-AIProxy-Route", "x-aiproxy-cost"])
+        #expect("X-AIPROXY-ROUTE".equalsIgnoringASCIICase("x-aiproxy-route"))
+        // Only ASCII letters fold: '[' (0x5B) is not '{' (0x7B), and non-ASCII bytes compare exactly.
+        #expect(!"[".equalsIgnoringASCIICase("{"))
+        #expect(!"É".equalsIgnoringASCIICase("é"))
+        #expect("".hasPrefixIgnoringASCIICase(""))
+        #expect(!"x".hasPrefixIgnoringASCIICase("xy"))
+    }
+
     @Test func responseHead_isReadFromTheRawLines() async throws {
         let head = "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 201\r\nX-Url: \t http://a:b/c \t\r\nX-Empty:\r\nX-Inner:  one  two\r\nContent-Length: 2\r\n\r\nok"
         let (port, served) = try oneShotServer(answer: Array(head.utf8))
