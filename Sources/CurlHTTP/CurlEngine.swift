@@ -33,6 +33,10 @@ final class CurlEngine: @unchecked Sendable {
     // Guarded by `lock` (and every call into `multi` is made holding it):
     private let lock = EngineLock()
     private var active: [UnsafeMutableRawPointer: Transfer] = [:]
+    /// Easy handles of finished transfers, reset and kept for the next ones (at most `spareLimit`): a handle
+    /// keeps its buffers, so a transfer does not allocate and free them again.
+    private var spareHandles: [UnsafeMutableRawPointer] = []
+    private static let spareLimit = 64
     private var watched: Set<Int32> = []
     private var timerDeadline: ContinuousClock.Instant?
     /// When the engine thread will next wake by itself.
@@ -124,6 +128,8 @@ final class CurlEngine: @unchecked Sendable {
         if let thread { pthread_join(thread, nil) }
         lock.lock()
         failQueued()
+        for easy in spareHandles { curl_easy_cleanup(easy) }
+        spareHandles.removeAll()
         curl_multi_cleanup(multi)
         close(epoll)
         close(wakeFD)
@@ -242,7 +248,7 @@ final class CurlEngine: @unchecked Sendable {
     }
 
     private func configure(_ transfer: Transfer) throws {
-        guard let easy = curl_easy_init() else {
+        guard let easy = spareHandles.popLast() ?? curl_easy_init() else {
             throw TransferError(kind: .other(code: -1), phase: .beforeResponse, message: "curl_easy_init failed")
         }
         transfer.easy = easy
@@ -366,7 +372,13 @@ final class CurlEngine: @unchecked Sendable {
             if active.removeValue(forKey: easy) != nil {
                 curl_multi_remove_handle(multi, easy)
             }
-            curl_easy_cleanup(easy)
+            if spareHandles.count < Self.spareLimit, !closed {
+                // Every option back to its default: the next transfer sets its own from scratch.
+                curl_easy_reset(easy)
+                spareHandles.append(easy)
+            } else {
+                curl_easy_cleanup(easy)
+            }
             transfer.easy = nil
         }
         if let list = transfer.headerList {
