@@ -23,9 +23,7 @@ import Glibc
         }
     }
 
-    /// The response head is read from curl's header lines as bytes: an interim 100 answer is dropped, the
-    /// status needs no reason phrase, values lose surrounding blanks (not inner ones or colons), an empty
-    /// value stays empty.
+    /// Header names match without ASCII case and without lowercased copies; only letters fold.
     @Test func headerNames_matchWithoutASCIICase() {
         let head = ResponseHead(status: 200, headers: [("Content-Type", "application/json"), ("X-AIProxy-Route", "b,local"),
                                                        ("x-aiproxy-cost", "0.1"), ("X-Other", "1"), ("x-aiproxy", "short")])
@@ -42,6 +40,9 @@ import Glibc
         #expect(!"x".hasPrefixIgnoringASCIICase("xy"))
     }
 
+    /// The response head is read from curl's header lines as bytes: an interim 100 answer is dropped, the
+    /// status needs no reason phrase, values lose surrounding blanks (not inner ones or colons), an empty
+    /// value stays empty.
     @Test func responseHead_isReadFromTheRawLines() async throws {
         let head = "HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 201\r\nX-Url: \t http://a:b/c \t\r\nX-Empty:\r\nX-Inner:  one  two\r\nContent-Length: 2\r\n\r\nok"
         let (port, served) = try oneShotServer(answer: Array(head.utf8))
