@@ -244,16 +244,10 @@ public final class Gateway: Sendable {
     /// load, counted with `strace -c`); the random part keeps ids unique across nodes and unguessable.
     static func makeRequestID(nowMillis: Int64 = wallClockMillis()) -> String {
         var generator = SystemRandomNumberGenerator()
-        let random = generator.next() as UInt64
-        let millis = UInt64(clamping: max(0, nowMillis)) & 0xFFFF_FFFF_FFFF
-        return String(unsafeUninitializedCapacity: 32) { out in
-            let digits: StaticString = "0123456789abcdef"
-            let prefix: StaticString = "req_"
-            for index in 0..<4 { out[index] = prefix.utf8Start[index] }
-            for index in 0..<12 { out[4 + index] = digits.utf8Start[Int((millis >> UInt64(44 - 4 * index)) & 0xF)] }
-            for index in 0..<16 { out[16 + index] = digits.utf8Start[Int((random >> UInt64(60 - 4 * index)) & 0xF)] }
-            return 32
-        }
+        // Big-endian, so the hex reads most significant first: the time's low 48 bits, then the random 64.
+        let time = (UInt64(clamping: max(0, nowMillis)) << 16).bigEndian
+        let random = (generator.next() as UInt64).bigEndian
+        return withUnsafeBytes(of: (time, random)) { "req_" + ByteEncoding.hex($0[0..<6]) + ByteEncoding.hex($0[8..<16]) }
     }
 
     /// Checks an API key; returns its name, or nil when unknown.
