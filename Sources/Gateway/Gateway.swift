@@ -244,10 +244,11 @@ public final class Gateway: Sendable {
     /// load, counted with `strace -c`); the random part keeps ids unique across nodes and unguessable.
     static func makeRequestID(nowMillis: Int64 = wallClockMillis()) -> String {
         var generator = SystemRandomNumberGenerator()
-        // Big-endian, so the hex reads most significant first: the time's low 48 bits, then the random 64.
-        let time = (UInt64(clamping: max(0, nowMillis)) << 16).bigEndian
-        let random = (generator.next() as UInt64).bigEndian
-        return withUnsafeBytes(of: (time, random)) { "req_" + ByteEncoding.hex($0[0..<6]) + ByteEncoding.hex($0[8..<16]) }
+        // 14 bytes, big-endian so the hex reads most significant first: the time's low 48 bits, then the random 64.
+        let time = UInt64(clamping: max(0, nowMillis)) << 16
+        let random = generator.next() as UInt64
+        let words = ((time | random >> 48).bigEndian, (random << 16).bigEndian)
+        return withUnsafeBytes(of: words) { ByteEncoding.hex($0[0..<14], prefix: "req_") }
     }
 
     /// Checks an API key; returns its name, or nil when unknown.

@@ -17,21 +17,25 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
 public enum ByteEncoding {
     private static let hexDigits = Array("0123456789abcdef".utf8)
 
-    public static func hex(_ bytes: some Sequence<UInt8>) -> String {
+    /// Lowercase hex of `bytes`, after `prefix` (ASCII) in the same string: one allocation for both.
+    public static func hex(_ bytes: some Sequence<UInt8>, prefix: StaticString = "") -> String {
         // Contiguous bytes go through a buffer: a generic loop is not specialized across modules and
         // allocated once per byte.
-        bytes.withContiguousStorageIfAvailable { hex(buffer: $0) } ?? [UInt8](bytes).withUnsafeBufferPointer { hex(buffer: $0) }
+        bytes.withContiguousStorageIfAvailable { hex(buffer: $0, prefix: prefix) }
+            ?? [UInt8](bytes).withUnsafeBufferPointer { hex(buffer: $0, prefix: prefix) }
     }
 
-    private static func hex(buffer: UnsafeBufferPointer<UInt8>) -> String {
-        String(unsafeUninitializedCapacity: buffer.count * 2) { out in
+    private static func hex(buffer: UnsafeBufferPointer<UInt8>, prefix: StaticString) -> String {
+        let start = prefix.utf8CodeUnitCount
+        return String(unsafeUninitializedCapacity: start + buffer.count * 2) { out in
+            for index in 0..<start { out[index] = prefix.utf8Start[index] }
             hexDigits.withUnsafeBufferPointer { digits in
                 for (index, byte) in buffer.enumerated() {
-                    out[2 * index] = digits[Int(byte >> 4)]
-                    out[2 * index + 1] = digits[Int(byte & 0xF)]
+                    out[start + 2 * index] = digits[Int(byte >> 4)]
+                    out[start + 2 * index + 1] = digits[Int(byte & 0xF)]
                 }
             }
-            return buffer.count * 2
+            return start + buffer.count * 2
         }
     }
 

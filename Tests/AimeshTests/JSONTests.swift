@@ -79,6 +79,9 @@ import Testing
         #expect(ByteEncoding.fromBase64(ByteEncoding.base64(bytes)) == bytes)
         #expect(ByteEncoding.fromBase64(ByteEncoding.base64(bytes, url: true)) == bytes)
         #expect(ByteEncoding.fromHex(ByteEncoding.hex(bytes)) == bytes)
+        #expect(ByteEncoding.hex([0x00, 0xab, 0xff], prefix: "id_") == "id_00abff")
+        #expect(ByteEncoding.hex([UInt8](), prefix: "id_") == "id_")
+        #expect(ByteEncoding.hex([0x01].lazy.map { $0 }, prefix: "x") == "x01", "a sequence without contiguous storage")
         #expect(ByteEncoding.base64(Array("foob".utf8)) == "Zm9vYg==")
         #expect(ByteEncoding.fromBase64("Zm9v!") == nil)
     }

@@ -17,6 +17,9 @@ import Testing
         let ids = (0..<1000).map { _ in Gateway.makeRequestID(nowMillis: 1_800_000_000_000) }
         #expect(Set(ids).count == 1000)
         #expect(ids.allSatisfy { $0.dropFirst(4).prefix(12) == "01a3185c5000" })
+        // All 64 random bits are spelled: the first and the last four hex digits of the random part vary.
+        #expect(Set(ids.map { $0.dropFirst(16).prefix(4) }).count > 900)
+        #expect(Set(ids.map { $0.suffix(4) }).count > 900)
     }
 
     @Test func clockBeforeTheEpoch_orBeyond48Bits_stillGivesAWellFormedID() {
