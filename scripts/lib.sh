@@ -58,3 +58,27 @@ wait_http() {
     done
     die "$url did not answer within ${limit}s"
 }
+
+# write_bench_node FILE ID DATA_DIR API_PORT MOCK_PORT [GOSSIP_PORT] writes the benchmarks' serving node: the
+# mock's m-fast as a local provider, warnings only; with GOSSIP_PORT the mesh is on and listens there.
+write_bench_node() {
+    local file="$1" id="$2" data="$3" api="$4" mock="$5" gossip="${6:-}" mesh=""
+    [ -n "$gossip" ] && mesh=", mesh: { enabled: true, listen_addr: \"127.0.0.1:$gossip\" }"
+    cat >"$file" <<YAML
+node: { id: $id, data_dir: $data$mesh }
+server: { listen_addr: "127.0.0.1:$api" }
+providers:
+  fast: { type: local, base_url: "http://127.0.0.1:$mock/v1", models: [ { name: m-fast, upstream_model: m-fast } ] }
+observability: { logging: { level: warning } }
+YAML
+}
+
+# write_chat_lua FILE writes a wrk script that POSTs a chat completion: $BENCH_BODY when set, else one
+# small m-fast request.
+write_chat_lua() {
+    cat >"$1" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = os.getenv("BENCH_BODY") or '{"model":"m-fast","messages":[{"role":"user","content":"benchmark"}]}'
+LUA
+}
