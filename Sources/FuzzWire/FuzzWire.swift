@@ -34,7 +34,14 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         _ = Units.parseByteSize(text)
     case .json:
         _ = try? JSONParser.parse(bytes)
-        if let top = try? JSONParser.parseTopLevelObject(bytes) { _ = top }
+        // Checking without building (`keeping`) must accept and refuse exactly what building does.
+        let built = try? JSONParser.parseTopLevelObject(bytes)
+        let checked = try? JSONParser.parseTopLevelObject(bytes, keeping: ["usage"])
+        precondition((built == nil) == (checked == nil), "keeping: accepted \(checked != nil), building: \(built != nil)")
+        if let built, let checked {
+            precondition(built.valueRanges == checked.valueRanges && built.closingBrace == checked.closingBrace, "keeping: other ranges")
+            precondition(built.object["usage"] == checked.object["usage"], "keeping: another value for a kept member")
+        }
     case .sse:
         // In two pieces, split where the first byte says: events straddle reads in real streams.
         var parser = SSEParser()

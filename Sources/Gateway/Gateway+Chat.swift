@@ -139,7 +139,7 @@ extension Gateway {
             paidAllowed: budgetStatus.paidAllowed, requiredCapabilities: capabilities, estimatedInputTokens: inputTokens, maxOutputTokens: maxOutputTokens,
             fallbackChain: configuration.routing.failover.fallbackChain, rotation: board.nextRotation(for: model),
             unhealthyThreshold: configuration.routing.loadBalancing.healthAware ? configuration.routing.loadBalancing.unhealthyThreshold : nil)
-        var random = SystemRandomNumberGenerator()
+        var random = FastRandom()
         let plan = RoutePlanner.plan(request, candidates: routes.map(\.candidate), using: &random)
         guard !plan.routes.isEmpty else {
             budget.release(requestID: requestID)

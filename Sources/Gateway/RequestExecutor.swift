@@ -48,7 +48,7 @@ struct RequestExecutor: Sendable {
         var failures: [ProviderFailure] = []
         var upstreamTime = Duration.zero
         let maxAttempts = failover.enabled ? failover.maxRetries + 1 : 1
-        var random = SystemRandomNumberGenerator()
+        var random = FastRandom()
         var tried = 0
         var pass = 0
         var index = 0

@@ -23,6 +23,7 @@ public struct JSONParser {
 
     /// A parsed top-level object with the byte range of each member's value.
     public struct TopLevel: Sendable {
+        /// The members; parsed with `keeping`, only those (the rest are checked, and have their ranges).
         public var object: JSONObject
         /// For each key, the range of its value's bytes (the last occurrence wins, as for lookups).
         public var valueRanges: [String: Range<Int>]
@@ -51,9 +52,14 @@ public struct JSONParser {
     }
 
     /// Parses a document that must be an object and reports the position of each top-level member.
-    public static func parseTopLevelObject(_ bytes: [UInt8], limits: Limits = Limits()) throws(JSONParseError) -> TopLevel {
+    /// With `keeping`, only those top-level members become values in `object`; every other one is
+    /// checked just as strictly (a malformed answer is refused either way) and keeps its range in
+    /// `valueRanges`, but builds no tree: an answer that passes through, read only for its `usage`,
+    /// costs no allocation for its text.
+    public static func parseTopLevelObject(_ bytes: [UInt8], limits: Limits = Limits(), keeping: Set<String>? = nil) throws(JSONParseError) -> TopLevel {
         try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in
             var parser = Cursor(buffer, limits: limits, recordTopLevel: true)
+            parser.keeping = keeping
             let value = try parser.parseDocument()
             guard case .object(let object) = value else {
                 throw parser.error(at: 0, "expected a JSON object at the top level, found \(value.typeName)")
@@ -79,6 +85,8 @@ private struct Cursor {
     var index = 0
     let limits: JSONParser.Limits
     let recordTopLevel: Bool
+    /// Top-level members to build; the others are only checked (`skipValue`). Nil: all.
+    var keeping: Set<String>?
     var topLevelRanges: [String: Range<Int>] = [:]
     var topLevelOpen = 0
     var topLevelClose = 0
@@ -196,9 +204,14 @@ private struct Cursor {
             index += 1
             skipWhitespace()
             let valueStart = index
-            let value = try parseValue(depth: depth)
-            if isTop { topLevelRanges[key] = valueStart..<index }
-            members.append(JSONObject.Member(key: key, value: value))
+            if isTop, let keeping, !keeping.contains(key) {
+                try skipValue(depth: depth)
+                topLevelRanges[key] = valueStart..<index
+            } else {
+                let value = try parseValue(depth: depth)
+                if isTop { topLevelRanges[key] = valueStart..<index }
+                members.append(JSONObject.Member(key: key, value: value))
+            }
             skipWhitespace()
             guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
             if bytes[index] == UInt8(ascii: ",") {
@@ -242,6 +255,13 @@ private struct Cursor {
 
     mutating func parseNumber() throws(JSONParseError) -> String {
         let start = index
+        try scanNumber()
+        return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+    }
+
+    /// Moves past a number, checking its grammar.
+    mutating func scanNumber() throws(JSONParseError) {
+        let start = index
         if bytes[index] == UInt8(ascii: "-") { index += 1 }
         guard index < bytes.count else { throw error(at: index, "unexpected end of input in a number") }
         if bytes[index] == UInt8(ascii: "0") {
@@ -263,7 +283,6 @@ private struct Cursor {
             while index < bytes.count, isDigit(bytes[index]) { index += 1 }
         }
         if index - start > 512 { throw error(at: start, "number longer than 512 characters") }
-        return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
     }
 
     @inline(__always)
@@ -352,6 +371,156 @@ private struct Cursor {
             }
         }
         throw error(at: open, "unterminated string")
+    }
+
+    // MARK: Checking without building
+
+    /// Moves past a value, making every check `parseValue` makes (grammar, depth, escapes, UTF-8,
+    /// lengths), without building it.
+    mutating func skipValue(depth: Int) throws(JSONParseError) {
+        guard index < bytes.count else { throw error(at: index, "unexpected end of input, expected a value") }
+        switch bytes[index] {
+        case UInt8(ascii: "{"):
+            try skipContainer(depth: depth + 1, close: UInt8(ascii: "}"))
+        case UInt8(ascii: "["):
+            try skipContainer(depth: depth + 1, close: UInt8(ascii: "]"))
+        case UInt8(ascii: "\""):
+            try skipString()
+        case UInt8(ascii: "t"):
+            try expectLiteral("true")
+        case UInt8(ascii: "f"):
+            try expectLiteral("false")
+        case UInt8(ascii: "n"):
+            try expectLiteral("null")
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            try scanNumber()
+        default:
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected a value")
+        }
+    }
+
+    /// An object (`close` is `}`: members) or an array (`]`: values).
+    mutating func skipContainer(depth: Int, close: UInt8) throws(JSONParseError) {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        let isObject = close == UInt8(ascii: "}")
+        let what = isObject ? "an object" : "an array"
+        index += 1
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == close {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            if isObject {
+                guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
+                guard bytes[index] == UInt8(ascii: "\"") else {
+                    throw error(at: index, "unexpected \(describe(bytes[index])), expected a member name in double quotes")
+                }
+                try skipString()
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
+                    throw error(at: index, "expected ':' after a member name")
+                }
+                index += 1
+                skipWhitespace()
+            }
+            try skipValue(depth: depth)
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in \(what)") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == close {
+                index += 1
+                return
+            }
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or '\(Character(Unicode.Scalar(close)))'")
+        }
+    }
+
+    /// Moves past a string, checking its escapes, control characters, UTF-8 and decoded length.
+    mutating func skipString() throws(JSONParseError) {
+        let open = index
+        index += 1  // "
+        let start = index
+        var decoded = 0
+        var hasHighBytes = false
+        while true {
+            guard index < bytes.count else { throw error(at: open, "unterminated string") }
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { break }
+            if byte < 0x20 { throw error(at: index, "control character in a string (escape it)") }
+            if byte >= 0x80 { hasHighBytes = true }
+            guard byte == UInt8(ascii: "\\") else {
+                decoded += 1
+                index += 1
+                continue
+            }
+            index += 1
+            guard index < bytes.count else { throw error(at: open, "unterminated string") }
+            let escape = bytes[index]
+            index += 1
+            switch escape {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"), UInt8(ascii: "n"),
+                 UInt8(ascii: "r"), UInt8(ascii: "t"):
+                decoded += 1
+            case UInt8(ascii: "u"):
+                var scalar = try parseHex4()
+                if (0xD800...0xDBFF).contains(scalar) {
+                    guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
+                        throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
+                    }
+                    index += 2
+                    let low = try parseHex4()
+                    guard (0xDC00...0xDFFF).contains(low) else { throw error(at: index, "invalid low surrogate in \\u escape") }
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                } else if (0xDC00...0xDFFF).contains(scalar) {
+                    throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
+                }
+                decoded += scalar < 0x80 ? 1 : scalar < 0x800 ? 2 : scalar < 0x10000 ? 3 : 4
+            default:
+                throw error(at: index - 1, "invalid escape '\\\(Character(Unicode.Scalar(escape)))'")
+            }
+        }
+        let end = index
+        index += 1
+        if decoded > limits.maxStringBytes { throw error(at: start, "string longer than \(limits.maxStringBytes) bytes") }
+        // Escapes are ASCII, so the raw bytes are valid UTF-8 exactly when the decoded ones are.
+        if hasHighBytes && !Cursor.isValidUTF8(UnsafeBufferPointer(rebasing: bytes[start..<end])) {
+            throw error(at: start, "string is not valid UTF-8")
+        }
+    }
+
+    /// RFC 3629 well-formedness (no overlongs, no surrogates, nothing above U+10FFFF), without decoding.
+    static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var i = 0
+        let n = bytes.count
+        @inline(__always) func continuation(_ at: Int, _ low: UInt8 = 0x80, _ high: UInt8 = 0xBF) -> Bool {
+            at < n && bytes[at] >= low && bytes[at] <= high
+        }
+        while i < n {
+            let lead = bytes[i]
+            switch lead {
+            case 0x00...0x7F:
+                i += 1
+            case 0xC2...0xDF:
+                guard continuation(i + 1) else { return false }
+                i += 2
+            case 0xE0...0xEF:
+                let (low, high): (UInt8, UInt8) = lead == 0xE0 ? (0xA0, 0xBF) : lead == 0xED ? (0x80, 0x9F) : (0x80, 0xBF)
+                guard continuation(i + 1, low, high), continuation(i + 2) else { return false }
+                i += 3
+            case 0xF0...0xF4:
+                let (low, high): (UInt8, UInt8) = lead == 0xF0 ? (0x90, 0xBF) : lead == 0xF4 ? (0x80, 0x8F) : (0x80, 0xBF)
+                guard continuation(i + 1, low, high), continuation(i + 2), continuation(i + 3) else { return false }
+                i += 4
+            default:
+                return false
+            }
+        }
+        return true
     }
 
     mutating func parseHex4() throws(JSONParseError) -> UInt32 {

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A small, fast, seedable generator (SplitMix64) so that planners and simulators are replayable.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
@@ -7,6 +9,31 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Random numbers for what must differ but need not be secret: request ids, the planner's choices,
+/// retry jitter. `SystemRandomNumberGenerator` makes a `getrandom` system call for every number, and a
+/// request drew several; this draws none. Each number is SplitMix64's output function applied to a
+/// process-wide counter offset by a seed from the system generator: the function is a bijection, so no
+/// two draws in one process return the same number (a request id never repeats), and the sequence
+/// differs from one process start to the next. Not for keys or anything an attacker must not predict:
+/// use `Sodium.randomBytes` for those.
+public struct FastRandom: RandomNumberGenerator, Sendable {
+    private static let seed: UInt64 = {
+        var system = SystemRandomNumberGenerator()
+        return system.next()
+    }()
+    private static let counter = Atomic<UInt64>(0)
+
+    public init() {}
+
+    public mutating func next() -> UInt64 {
+        let draw = FastRandom.counter.wrappingAdd(1, ordering: .relaxed).oldValue
+        var z = FastRandom.seed &+ draw &* 0x9E37_79B9_7F4A_7C15
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
@@ -90,34 +117,51 @@ public enum ByteEncoding {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Each byte's value in either alphabet; `skip` for padding and line breaks, `invalid` for the rest.
+    private static let base64Values: [UInt8] = {
+        var table = [UInt8](repeating: invalid, count: 256)
+        for (value, character) in base64Alphabet.enumerated() { table[Int(character)] = UInt8(value) }
+        table[Int(UInt8(ascii: "-"))] = 62
+        table[Int(UInt8(ascii: "_"))] = 63
+        for character in ["=", "\n", "\r"] { table[Int(character.utf8.first!)] = skip }
+        return table
+    }()
+    private static let invalid: UInt8 = 0xFF
+    private static let skip: UInt8 = 0xFE
+
     /// Decodes either alphabet, with or without padding. Nil on any other character.
     public static func fromBase64(_ text: String) -> [UInt8]? {
-        var values: [UInt8] = []
-        values.reserveCapacity(text.utf8.count)
-        for c in text.utf8 {
-            switch c {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): values.append(c - UInt8(ascii: "A"))
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): values.append(c - UInt8(ascii: "a") + 26)
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): values.append(c - UInt8(ascii: "0") + 52)
-            case UInt8(ascii: "+"), UInt8(ascii: "-"): values.append(62)
-            case UInt8(ascii: "/"), UInt8(ascii: "_"): values.append(63)
-            case UInt8(ascii: "="), UInt8(ascii: "\n"), UInt8(ascii: "\r"): continue
-            default: return nil
+        var text = text
+        return text.withUTF8 { characters in
+            base64Values.withUnsafeBufferPointer { table -> [UInt8]? in
+                var out: [UInt8] = []
+                out.reserveCapacity(characters.count / 4 * 3 + 2)
+                var bits: UInt32 = 0
+                var pending = 0
+                for character in characters {
+                    let value = table[Int(character)]
+                    if value == skip { continue }
+                    if value == invalid { return nil }
+                    bits = bits << 6 | UInt32(value)
+                    pending += 1
+                    if pending == 4 {
+                        out.append(UInt8(truncatingIfNeeded: bits >> 16))
+                        out.append(UInt8(truncatingIfNeeded: bits >> 8))
+                        out.append(UInt8(truncatingIfNeeded: bits))
+                        bits = 0
+                        pending = 0
+                    }
+                }
+                switch pending {
+                case 1: return nil
+                case 2: out.append(UInt8(truncatingIfNeeded: bits >> 4))
+                case 3:
+                    out.append(UInt8(truncatingIfNeeded: bits >> 10))
+                    out.append(UInt8(truncatingIfNeeded: bits >> 2))
+                default: break
+                }
+                return out
             }
         }
-        if values.count % 4 == 1 { return nil }
-        var out: [UInt8] = []
-        out.reserveCapacity(values.count * 3 / 4)
-        var index = 0
-        while index < values.count {
-            let chunk = values[index..<min(index + 4, values.count)]
-            var n: UInt32 = 0
-            for (offset, value) in chunk.enumerated() { n |= UInt32(value) << (18 - 6 * offset) }
-            out.append(UInt8(n >> 16 & 0xFF))
-            if chunk.count > 2 { out.append(UInt8(n >> 8 & 0xFF)) }
-            if chunk.count > 3 { out.append(UInt8(n & 0xFF)) }
-            index += 4
-        }
-        return out
     }
 }

@@ -96,11 +96,37 @@ extension Duration {
 }
 
 extension StringProtocol {
-    /// The string without leading and trailing spaces, tabs and newlines (no Foundation needed).
+    /// The string without leading and trailing whitespace (no Foundation needed). Inlinable, so callers
+    /// get it specialized for their string type; an ASCII string (header values, config text) is trimmed
+    /// on its bytes, anything else Character by Character.
+    @inlinable
     public func trimmingWhitespace() -> String {
+        let bytes = utf8
+        if bytes.allSatisfy({ $0 < 0x80 }) {
+            // One pass forward: where the first byte that is not whitespace is, and after the last one.
+            var start: String.Index?
+            var end = bytes.startIndex
+            var index = bytes.startIndex
+            while index < bytes.endIndex {
+                let next = bytes.index(after: index)
+                if !isASCIIWhitespace(bytes[index]) {
+                    if start == nil { start = index }
+                    end = next
+                }
+                index = next
+            }
+            guard let start else { return "" }
+            return String(self[start..<end])
+        }
         var slice = Substring(self)
         while let first = slice.first, first.isWhitespace { slice = slice.dropFirst() }
         while let last = slice.last, last.isWhitespace { slice = slice.dropLast() }
         return String(slice)
     }
+}
+
+/// The ASCII characters with Unicode's White_Space property (what `Character.isWhitespace` says of them).
+@inlinable @inline(__always)
+func isASCIIWhitespace(_ byte: UInt8) -> Bool {
+    byte == 0x20 || (byte >= 0x09 && byte <= 0x0D)
 }

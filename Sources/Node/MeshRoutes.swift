@@ -5,7 +5,6 @@ import MeshState
 import Membership
 import Providers
 import Routing
-import Sodium
 import Transport
 import Wire
 
@@ -72,7 +71,7 @@ final class MeshRoutes: RemoteRouteSource {
                 advertisedLoad: load, errorRate: errorRate)
             let signer: OpenAIAdapter.BodySigner = { body, requestID in
                 // A fresh id per attempt: a retry is not a replay.
-                [(name: HopHeader.name, value: service.signHop(requestID: requestID + "." + ByteEncoding.hex(Sodium.randomBytes(4)), body: body, visited: visitedIDs, to: record.origin))]
+                [(name: HopHeader.name, value: service.signHop(requestID: Self.attemptID(requestID), body: body, visited: visitedIDs, to: record.origin))]
             }
             let base = record.apiAddress.hasSuffix("/") ? String(record.apiAddress.dropLast()) : record.apiAddress
             let forwarding = OpenAIAdapter(name: name, baseURL: base + "/v1", apiKey: nil, client: client, requestStreamUsage: true, signer: signer)
@@ -80,6 +79,13 @@ final class MeshRoutes: RemoteRouteSource {
             return ExecutableRoute(candidate: candidate, adapter: adapter, connectTimeout: connectTimeout, firstByteTimeout: firstByteTimeout,
                                    idleTimeout: idleTimeout, defaultMaxTokens: 4096, pathSuffix: [name])
         }
+    }
+
+    /// The request id a forward is signed under: the request's own plus 32 random bits, so a retry of the
+    /// same request to the same peer is a new hop, not a replay.
+    static func attemptID(_ requestID: String) -> String {
+        var random = FastRandom()
+        return withUnsafeBytes(of: UInt32(truncatingIfNeeded: random.next()).bigEndian) { requestID + "." + ByteEncoding.hex($0) }
     }
 
     func remoteModels() -> [RemoteModel] {

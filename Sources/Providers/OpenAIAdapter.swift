@@ -66,18 +66,24 @@ public struct OpenAIAdapter: ProviderAdapter {
         return .stream(OpenAIStream(response: response, request: request))
     }
 
+    /// What an answer's bytes are read for: its usage and, from a peer, its `x_aiproxy`. The rest (the
+    /// choices' text) is checked but not built: the bytes pass through to the client as they came.
+    static let answerMembers: Set<String> = ["usage", "x_aiproxy"]
+
     static func completed(_ bytes: [UInt8], request: ChatRequest, providerName: String) throws(ProviderFailure) -> CompletedResponse {
         let parsed: JSONParser.TopLevel
         do {
-            parsed = try JSONParser.parseTopLevelObject(bytes)
+            parsed = try JSONParser.parseTopLevelObject(bytes, keeping: answerMembers)
         } catch {
             throw ProviderFailure(kind: .malformedResponse, message: "\(providerName) sent a body that is not a JSON object: \(error)")
         }
-        guard case .array(let choices)? = parsed.object["choices"] else {
+        guard let choices = parsed.valueRanges["choices"], bytes[choices.lowerBound] == UInt8(ascii: "[") else {
             throw ProviderFailure(kind: .malformedResponse, message: "\(providerName) sent a response without choices")
         }
         let usage = Usage(openAI: parsed.object["usage"]) ?? {
-            let characters = choices.reduce(0) { $0 + ChatRequest.text(of: $1["message"]?["content"]).utf8.count }
+            // No usage: estimate from the text, which only this rare case builds.
+            let list = (try? JSONParser.parse(bytes[choices]))?.arrayValue ?? []
+            let characters = list.reduce(0) { $0 + ChatRequest.text(of: $1["message"]?["content"]).utf8.count }
             return Usage(promptTokens: request.estimatedPromptTokens, completionTokens: Usage.estimateTokens(characters: characters), estimated: true)
         }()
         return CompletedResponse(body: bytes, closingBrace: parsed.closingBrace, usage: usage, topLevel: parsed)
@@ -125,7 +131,7 @@ enum BodyEdit {
                 JSON.encodeString(key, into: &bytes)
                 bytes.append(UInt8(ascii: ":"))
                 value.encode(into: &bytes)
-                if !topLevel.object.isEmpty { bytes.append(UInt8(ascii: ",")) }
+                if !topLevel.valueRanges.isEmpty { bytes.append(UInt8(ascii: ",")) }
                 placed.append((topLevel.afterOpeningBrace, topLevel.afterOpeningBrace, bytes))
             }
         }

@@ -298,7 +298,7 @@ final class TranslatingStream<Translator: StreamTranslator>: ChatStream, @unchec
 
 /// Makes a fresh request id for translated responses.
 func makeCompletionID(prefix: String = "chatcmpl") -> String {
-    var generator = SystemRandomNumberGenerator()
+    var generator = FastRandom()
     let value = generator.next() as UInt64
     return "\(prefix)-\(String(value, radix: 36))"
 }

@@ -85,4 +85,58 @@ import Testing
         #expect(ByteEncoding.base64(Array("foob".utf8)) == "Zm9vYg==")
         #expect(ByteEncoding.fromBase64("Zm9v!") == nil)
     }
+
+    /// Parsing with `keeping` builds only the kept top-level members, yet refuses everything a full parse
+    /// refuses (in skipped members too) and reports the same ranges.
+    @Test func topLevel_keeping_checksWhatItSkips() throws {
+        let good = #"{"id":"x","choices":[{"message":{"content":"h\u00e9 \ud83d\ude00 \"q\""}}],"usage":{"prompt_tokens":3},"n":-1.5e3,"t":true,"z":null}"#
+        let full = try JSONParser.parseTopLevelObject(Array(good.utf8))
+        let kept = try JSONParser.parseTopLevelObject(Array(good.utf8), keeping: ["usage"])
+        #expect(kept.object.count == 1 && kept.object["usage"] == full.object["usage"])
+        #expect(kept.valueRanges == full.valueRanges && kept.closingBrace == full.closingBrace && kept.afterOpeningBrace == full.afterOpeningBrace)
+        let bad = [
+            #"{"choices":[1,]}"#, #"{"choices":{"a" 1}}"#, #"{"choices":"\x"}"#, #"{"choices":"\ud800"}"#, #"{"choices":"\udc00x"}"#,
+            #"{"choices":01}"#, #"{"choices":1.}"#, #"{"choices":-}"#, #"{"choices":tru}"#, #"{"choices":"a"#, #"{"choices":[[[["#,
+            #"{"choices":{"a":1,}}"#, #"{"choices":[1 2]}"#, "{\"choices\":\"\u{01}\"}",
+        ]
+        for text in bad {
+            #expect(throws: JSONParseError.self, "\(text)") { try JSONParser.parseTopLevelObject(Array(text.utf8), keeping: ["usage"]) }
+            #expect(throws: JSONParseError.self, "\(text)") { try JSONParser.parseTopLevelObject(Array(text.utf8)) }
+        }
+        // Invalid UTF-8 (a lone continuation byte, an overlong, a surrogate) in a skipped string, and depth.
+        for raw: [UInt8] in [[0x80], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x82]] {
+            let bytes = Array(#"{"choices":""#.utf8) + raw + Array(#""}"#.utf8)
+            #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(bytes, keeping: []) }
+        }
+        let valid: [UInt8] = Array(#"{"choices":""#.utf8) + [0xC3, 0xA9, 0xE2, 0x82, 0xAC, 0xF0, 0x9F, 0x98, 0x80] + Array(#""}"#.utf8)
+        #expect(throws: Never.self) { try JSONParser.parseTopLevelObject(valid, keeping: []) }
+        let deep = "{\"choices\":" + String(repeating: "[", count: 200) + String(repeating: "]", count: 200) + "}"
+        #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(Array(deep.utf8), keeping: []) }
+        let long = #"{"c":"\n\n\n"}"#  // three bytes decoded, six as written: the limit counts the decoded ones
+        #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(Array(long.utf8), limits: .init(maxStringBytes: 2), keeping: []) }
+        #expect(throws: Never.self) { try JSONParser.parseTopLevelObject(Array(long.utf8), limits: .init(maxStringBytes: 3), keeping: []) }
+    }
+
+    /// RFC 4648 §10's vectors, padded and not, in both alphabets, across line breaks; a lone sixth
+    /// character or one outside both alphabets is refused.
+    @Test func base64_decodesTheRFCVectors() {
+        let vectors = ["": "", "f": "Zg==", "fo": "Zm8=", "foo": "Zm9v", "foob": "Zm9vYg==", "fooba": "Zm9vYmE=", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors {
+            #expect(ByteEncoding.fromBase64(encoded) == Array(plain.utf8), "\(encoded)")
+            #expect(ByteEncoding.fromBase64(String(encoded.prefix { $0 != "=" })) == Array(plain.utf8), "\(encoded) unpadded")
+        }
+        #expect(ByteEncoding.fromBase64("Zm9v\r\nYmFy") == Array("foobar".utf8))
+        #expect(ByteEncoding.fromBase64("-_-_") == [0xFB, 0xFF, 0xBF] && ByteEncoding.fromBase64("+/+/") == [0xFB, 0xFF, 0xBF])
+        #expect(ByteEncoding.fromBase64("Zm9vY") == nil, "a single character left over holds no whole byte")
+        #expect(ByteEncoding.fromBase64("Zm9v Yg") == nil && ByteEncoding.fromBase64("Zm9vé") == nil)
+    }
+
+    /// Trimming keeps inner spaces, removes ASCII whitespace at both ends, and treats non-ASCII text by
+    /// Character (a no-break space at the end is whitespace too).
+    @Test func trimmingWhitespace_bothEnds() {
+        #expect(" \t a b \r\n".trimmingWhitespace() == "a b")
+        #expect("abc".trimmingWhitespace() == "abc" && "   ".trimmingWhitespace() == "" && "".trimmingWhitespace() == "")
+        #expect("x, y ,z".split(separator: ",").map { $0.trimmingWhitespace() } == ["x", "y", "z"])
+        #expect(" é \u{00A0}".trimmingWhitespace() == "é")
+    }
 }
