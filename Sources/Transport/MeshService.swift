@@ -616,6 +616,31 @@ public final class MeshService: Service, Sendable {
         }
     }
 
+    /// A digest of everything `liveOffers(model:)` returns, read under the same lock without copying
+    /// anything: each offer's origin, record version and incarnation, and this node's RTT to it (a new
+    /// record, a peer going or coming, a new RTT all change it). The same offers give the same digest
+    /// whatever the table's order; different ones a different digest, but for a 64-bit hash collision.
+    public func liveOffersDigest(model: String?) -> Int {
+        state.withLock { state in
+            var digest = 0
+            var count = 0
+            for (origin, entry) in state.agent.store.table.entries where origin != nodeID && state.agent.swim.members[origin]?.status == .alive {
+                if let model, !entry.record.models.contains(where: { $0.name == model }) { continue }
+                var hasher = Hasher()
+                hasher.combine(origin)
+                hasher.combine(entry.record.version)
+                hasher.combine(entry.record.incarnation)
+                hasher.combine(state.rtt[origin])
+                digest &+= hasher.finalize()
+                count += 1
+            }
+            var hasher = Hasher()
+            hasher.combine(digest)
+            hasher.combine(count)
+            return hasher.finalize()
+        }
+    }
+
     public func records() -> [RecordTable.Entry] { state.withLock { Array($0.agent.store.table.entries.values) }.sorted { $0.record.origin < $1.record.origin } }
 
     public func roundTrip(to node: NodeID) -> Duration? { state.withLock { $0.rtt[node] } }

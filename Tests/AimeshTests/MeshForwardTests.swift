@@ -121,6 +121,32 @@ struct MeshForwardTests {
         }
     }
 
+    /// The entry node keeps the peer routes it built while the mesh stays the same; a peer joining or
+    /// leaving changes them for the very next request that sees the new table (pinning a provider by
+    /// name fails with provider_not_found when no route of that name exists).
+    @Test func peerRoutes_followPeersJoiningAndLeaving() async throws {
+        try await withMocks([.init(name: "p1"), .init(name: "p2")]) { mocks in
+            let a = try await Self.meshNode("a")
+            let seed = try #require(a.runtime.mesh?.boundPort)
+            let p1 = try await Self.meshNode("p1", providers: Self.local(mocks[0], models: ["shared"]), seed: seed)
+            defer { Task { await a.stop(); await p1.stop() } }
+            #expect(try await Self.settled([a], models: ["shared"]))
+            func pinned(_ name: String) async throws -> (status: Int, route: String?) {
+                let reply = try await a.post("/v1/chat/completions", chatBody("shared", "to \(name)"), headers: [("x-aiproxy-provider", name)])
+                return (reply.status, reply.header("x-aiproxy-route"))
+            }
+            for _ in 0..<3 { #expect(try await pinned("p1").status == 200) }
+            #expect(try await pinned("p2").status == 400, "no p2 yet")
+            let p2 = try await Self.meshNode("p2", providers: Self.local(mocks[1], models: ["shared"]), seed: seed)
+            #expect(try await eventually { try await pinned("p2").status == 200 }, "p2's route appears once its record arrives")
+            #expect(try await pinned("p2").route?.hasSuffix("p2,local") == true)
+            #expect(mocks[1].requestCount > 0)
+            await p2.stop()
+            #expect(try await eventually { try await pinned("p2").status == 400 }, "p2's route goes once it leaves")
+            #expect(try await pinned("p1").status == 200)
+        }
+    }
+
     @Test func peerStoppedMidLoad_failsNoRequest() async throws {
         try await withMocks([.init(name: "p1", latency: .milliseconds(5)), .init(name: "p2", latency: .milliseconds(5))]) { mocks in
             let a = try await Self.meshNode("a")
