@@ -169,7 +169,7 @@ extension Gateway {
     func cacheTTL(for model: String, options: RequestOptions, stream: Bool) -> Duration? {
         guard !stream, options.fromNode == nil || options.cacheTTL != nil else { return nil }
         if let ttl = options.cacheTTL { return ttl }
-        return catalog.entries[model]?.compactMap(\.model.cacheTTL).max()
+        return catalog.cacheTTLs[model]
     }
 
     /// SHA-256 of the request as it determines the answer: model, messages and every parameter, with

@@ -16,6 +16,11 @@ public struct ModelCatalog: Sendable {
     public private(set) var entries: [String: [Entry]] = [:]
     /// Every provider, enabled or not, for status pages.
     public private(set) var providers: [ProviderConfig] = []
+    /// Model name → its routes (the `route` of each entry), built once: a request copies an array, it
+    /// does not map a new one.
+    private var routesByModel: [String: [ExecutableRoute]] = [:]
+    /// Model name → the longest `cache_ttl` among its providers' models, for those that set one.
+    public private(set) var cacheTTLs: [String: Duration] = [:]
 
     public init(configuration: NodeConfiguration, client: CurlClient) {
         providers = configuration.providers
@@ -34,6 +39,8 @@ public struct ModelCatalog: Sendable {
                                             firstByteTimeout: provider.firstByteTimeout, idleTimeout: provider.idleTimeout,
                                             defaultMaxTokens: model.maxOutputTokens ?? 4096, pathSuffix: [provider.name])
                 entries[model.name, default: []].append(Entry(provider: provider, model: model, route: route))
+                routesByModel[model.name, default: []].append(route)
+                if let ttl = model.cacheTTL { cacheTTLs[model.name] = max(cacheTTLs[model.name] ?? ttl, ttl) }
                 order += 1
             }
         }
@@ -51,5 +58,5 @@ public struct ModelCatalog: Sendable {
 
     public var modelNames: [String] { entries.keys.sorted() }
 
-    public func routes(for model: String) -> [ExecutableRoute] { entries[model]?.map(\.route) ?? [] }
+    public func routes(for model: String) -> [ExecutableRoute] { routesByModel[model] ?? [] }
 }
