@@ -82,3 +82,25 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BENCH_BODY") or '{"model":"m-fast","messages":[{"role":"user","content":"benchmark"}]}'
 LUA
 }
+
+# start_two_hops BIN WORK [SERVING_ENV [ENTRY_ENV]] starts a 0 ms mock, a serving node (m-fast from the mock, mesh
+# on) and an entry node that reaches it only through the mesh, each node under `env` with its ENV ("K=V K=V"),
+# and waits until the entry node lists m-fast. Sets mock_port, serving_port, entry_port, serving_pid, entry_pid;
+# adds the pids to the caller's `pids`.
+start_two_hops() {
+    local bin="$1" work="$2" serving_env="${3:-}" entry_env="${4:-}" gossip
+    mock_port="$(free_port)"; "$bin" mock-upstream --listen "127.0.0.1:$mock_port" --name fast >/dev/null 2>&1 & pids+=($!)
+    serving_port="$(free_port)" gossip="$(free_port)" entry_port="$(free_port)"
+    write_bench_node "$work/serving.yaml" serving "$work/serving" "$serving_port" "$mock_port" "$gossip"
+    # shellcheck disable=SC2086
+    env $serving_env "$bin" node --config "$work/serving.yaml" >"$work/serving.log" 2>&1 & serving_pid=$!; pids+=($serving_pid)
+    # shellcheck disable=SC2086
+    env $entry_env "$bin" node --node-id entry --api-listen "127.0.0.1:$entry_port" --data-dir "$work/entry" \
+        --gossip-listen "127.0.0.1:$(free_port)" --peers "127.0.0.1:$gossip" --log-level warning >"$work/entry.log" 2>&1 & entry_pid=$!; pids+=($entry_pid)
+    wait_http "http://127.0.0.1:$mock_port/_mock/stats"
+    wait_http "http://127.0.0.1:$serving_port/health"
+    wait_http "http://127.0.0.1:$entry_port/health"
+    local _
+    for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$entry_port/v1/models" | grep -q m-fast && return 0; sleep 0.05; done
+    die "the entry node never listed m-fast (see $work/entry.log)"
+}
