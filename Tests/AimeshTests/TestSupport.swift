@@ -19,9 +19,18 @@ enum CurlHTTPTestSupport {
     static let sharedClient = CurlClient()
 }
 
-/// A fresh directory under /tmp for one test.
+/// The folder every test directory of this test process lives in; removed, with all of them, when the
+/// process exits (a run used to leave a few hundred directories behind in /tmp).
+let testRoot: String = {
+    var template = Array("/tmp/aimesh-tests-XXXXXX".utf8CString)
+    let path = template.withUnsafeMutableBufferPointer { buffer in String(cString: mkdtemp(buffer.baseAddress!)) }
+    atexit { try? FileManager.default.removeItem(atPath: testRoot) }
+    return path
+}()
+
+/// A fresh directory for one test, under `testRoot`.
 func temporaryDirectory(_ name: String = "test") -> String {
-    var template = Array("/tmp/aimesh-\(name)-XXXXXX".utf8CString)
+    var template = Array("\(testRoot)/\(name)-XXXXXX".utf8CString)
     let path = template.withUnsafeMutableBufferPointer { buffer in String(cString: mkdtemp(buffer.baseAddress!)) }
     return path
 }
