@@ -1,4 +1,5 @@
 import CurlHTTP
+import HTTPTypes
 import Hummingbird
 import Ledger
 import Logging
@@ -307,16 +308,13 @@ extension Gateway {
                 stored = cache.store(cacheKey, model: model, body: peer.map { $0.withoutInfo(response.body) } ?? response.body, promptTokens: response.usage.promptTokens, completionTokens: response.usage.completionTokens,
                                      ttlMillis: Int64(cacheTTL.components.seconds * 1000), nowMillis: wallClockMillis())
                 if stored { metrics.counter("aimesh_cache_total", [("result", "stored")]).increment() }
-                if var object = info.objectValue {
-                    object["cache"] = ["hit": false, "stored": .bool(stored)]
-                    info = .object(object)
-                }
+                info.cacheStored = stored
             }
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
             var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
-            if cacheKey != nil { headers[.aiproxyCache] = "miss" }
-            headers[.aiproxyCost] = JSON.money(cost).text
-            headers[.aiproxyLatency] = String(latency.millisecondsRounded)
+            if cacheKey != nil { headers.append(HTTPField(name: .aiproxyCache, value: "miss")) }
+            headers.append(HTTPField(name: .aiproxyCost, value: JSON.money(cost).text))
+            headers.append(HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)))
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                    upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
             return JSONResponse.make(bytes: body, headers: headers)
@@ -537,43 +535,59 @@ extension Gateway {
     /// Adds `x_aiproxy` to a JSON object given as bytes: spliced before the closing brace, or, for a
     /// peer's answer, in place of the peer's own `x_aiproxy`, which moves (byte for byte) into
     /// `x_aiproxy.downstream` (one `x_aiproxy`, whole path).
+    static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: AIProxyInfo, peer: PeerAnswer? = nil) -> [UInt8] {
+        splicing(bytes, closingBrace: closingBrace, peer: peer) { out, downstream in info.encode(into: &out, downstream: downstream) }
+    }
+
+    /// The same for an `x_aiproxy` given as a tree (a cache hit's).
     static func withAIProxy(_ bytes: [UInt8], closingBrace: Int, info: JSON, peer: PeerAnswer? = nil) -> [UInt8] {
-        if let peer {
-            var out: [UInt8] = []
-            out.reserveCapacity(bytes.count + 512)
-            out.append(contentsOf: bytes[..<peer.infoRange.lowerBound])
+        splicing(bytes, closingBrace: closingBrace, peer: peer) { out, downstream in
             info.encode(into: &out)
+            guard let downstream else { return }
             // `{…}` → `{…,"downstream":PEER}`
             if out.last == UInt8(ascii: "}") { out.removeLast() }
             if out.last != UInt8(ascii: "{") { out.append(UInt8(ascii: ",")) }
             out.append(contentsOf: #""downstream":"#.utf8)
-            out.append(contentsOf: bytes[peer.infoRange])
+            out.append(contentsOf: downstream)
             out.append(UInt8(ascii: "}"))
+        }
+    }
+
+    /// `bytes` with `"x_aiproxy":INFO` as its last member, or with INFO in place of a peer's `x_aiproxy`
+    /// value; `writeInfo` appends INFO, with the peer's value as its `downstream` when there is one.
+    private static func splicing(_ bytes: [UInt8], closingBrace: Int, peer: PeerAnswer?,
+                                 writeInfo: (inout [UInt8], ArraySlice<UInt8>?) -> Void) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 512)
+        if let peer {
+            out.append(contentsOf: bytes[..<peer.infoRange.lowerBound])
+            writeInfo(&out, bytes[peer.infoRange])
             out.append(contentsOf: bytes[peer.infoRange.upperBound...])
             return out
         }
-        return JSON.appendingMember(to: bytes, closingBrace: closingBrace, isEmpty: bytes.count <= 2, key: "x_aiproxy", value: info)
+        out.append(contentsOf: bytes[..<closingBrace])
+        if bytes.count > 2 { out.append(UInt8(ascii: ",")) }
+        out.append(contentsOf: #""x_aiproxy":"#.utf8)
+        writeInfo(&out, nil)
+        out.append(contentsOf: bytes[closingBrace...])
+        return out
     }
 
     func aiproxyInfo(requestID: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy,
-                     usage: Usage, cost: Double, latency: Duration) -> JSON {
-        var info: JSONObject = [
-            "request_id": .string(requestID), "node": .string(nodeName), "provider": .string(path.last ?? route.candidate.name),
-            "upstream_model": .string(route.candidate.upstreamModel), "route": .array(path.map(JSON.string)), "strategy": .string(strategy.rawValue),
-            "attempts": .array(attempts.map(\.json)),
-        ]
-        info["tokens"] = ["prompt": .int(usage.promptTokens), "completion": .int(usage.completionTokens), "total": .int(usage.totalTokens), "estimated": .bool(usage.estimated)]
-        info["cost"] = .money(cost)
-        info["latency_ms"] = .double(latency.millisecondsRounded)
-        return .object(info)
+                     usage: Usage, cost: Double, latency: Duration) -> AIProxyInfo {
+        AIProxyInfo(requestID: requestID, node: nodeName, provider: path.last ?? route.candidate.name, upstreamModel: route.candidate.upstreamModel,
+                    route: path, strategy: strategy.rawValue, attempts: attempts, usage: usage, cost: cost, latency: latency)
     }
 
+    /// `base` (which never holds these names) plus how the answer was served: appended, not set by
+    /// name, so no field is searched for.
     func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy) -> HTTPFields {
         var headers = base
-        headers[.aiproxyProvider] = path.last ?? route.candidate.name
-        headers[.aiproxyRoute] = path.joined(separator: ",")
-        headers[.aiproxyAttempts] = String(attempts.count)
-        headers[.aiproxyStrategy] = strategy.rawValue
+        headers.reserveCapacity(base.count + 8)
+        headers.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
+        headers.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
+        headers.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
+        headers.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
         return headers
     }
 

@@ -37,6 +37,37 @@ import Testing
         #expect(answer.withoutInfo(bytes) == Array(#"{"choices":[],"usage":null}"#.utf8), "what the cache keeps")
     }
 
+    /// `x_aiproxy` written straight into the answer is the object its tree encodes to, byte for byte:
+    /// escapes, several attempts, an error message, estimated tokens, the cache member, money and
+    /// milliseconds; and spliced into a peer's answer it reads as the tree's splice does.
+    @Test func aiproxyInfo_writtenDirectly_matchesItsTree() throws {
+        let attempts = [
+            AttemptRecord(route: "provider/a", name: "a", outcome: "connect", latency: .microseconds(1_234_567), message: "refused \"here\"\n"),
+            AttemptRecord(route: "peer/b", name: "b", outcome: "ok", latency: .milliseconds(3), message: nil),
+        ]
+        var info = AIProxyInfo(requestID: "req_\u{7}x", node: "n1", provider: "b", upstreamModel: "m/é", route: ["n1", "b", "local"], strategy: "cost_optimized",
+                               attempts: attempts, usage: Usage(promptTokens: 12, completionTokens: 0, estimated: true), cost: 9.699999999999999e-06,
+                               latency: .nanoseconds(1_500_001))
+        for stored in [nil, false, true] as [Bool?] {
+            info.cacheStored = stored
+            var out: [UInt8] = []
+            info.encode(into: &out)
+            #expect(String(decoding: out, as: UTF8.self) == info.json.text)
+        }
+        info.attempts = []
+        var out: [UInt8] = []
+        info.encode(into: &out)
+        #expect(String(decoding: out, as: UTF8.self) == info.json.text)
+
+        let peer = Array(#"{"choices":[],"x_aiproxy":{"node":"c"},"usage":null}"#.utf8)
+        let answer = try #require(Gateway.peerAnswer(peer))
+        #expect(Gateway.withAIProxy(peer, closingBrace: peer.count - 1, info: info, peer: answer)
+                == Gateway.withAIProxy(peer, closingBrace: peer.count - 1, info: info.json, peer: answer))
+        let own = Array(#"{"choices":[]}"#.utf8)
+        #expect(Gateway.withAIProxy(own, closingBrace: own.count - 1, info: info) == Gateway.withAIProxy(own, closingBrace: own.count - 1, info: info.json))
+        #expect(Gateway.withAIProxy(Array("{}".utf8), closingBrace: 1, info: info) == Array(#"{"x_aiproxy":"#.utf8) + info.json.bytes + [UInt8(ascii: "}")])
+    }
+
     @Test func answersWithoutAnObjectInfo_areNotPeerAnswers() {
         #expect(Gateway.peerAnswer(Array(#"{"choices":[]}"#.utf8)) == nil)
         #expect(Gateway.peerAnswer(Array(#"{"x_aiproxy":"text"}"#.utf8)) == nil)

@@ -1,0 +1,89 @@
+import MeshCore
+import Providers
+
+/// What `x_aiproxy` says about how one answer was served, written straight into the answer's bytes
+/// (`encode`): building it as a `JSON` tree first and encoding that cost five allocations and a walk of
+/// the tree per request. `json` is the same object as a tree, member for member; a test holds `encode`
+/// to it byte for byte.
+struct AIProxyInfo: Sendable {
+    var requestID: String
+    var node: String
+    var provider: String
+    var upstreamModel: String
+    var route: [String]
+    var strategy: String
+    var attempts: [AttemptRecord]
+    var usage: Usage
+    var cost: Double
+    var latency: Duration
+    /// Set when the answer could be cached: `"cache":{"hit":false,"stored":…}`.
+    var cacheStored: Bool?
+
+    /// Appends the object; with `downstream`, those bytes (a peer's own `x_aiproxy`) as its last member.
+    func encode(into out: inout [UInt8], downstream: ArraySlice<UInt8>? = nil) {
+        func key(_ name: StaticString, first: Bool = false) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            out.append(UInt8(ascii: "\""))
+            out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+            out.append(contentsOf: #"":"#.utf8)
+        }
+        func string(_ value: String) { JSON.encodeString(value, into: &out) }
+        out.append(UInt8(ascii: "{"))
+        key("request_id", first: true); string(requestID)
+        key("node"); string(node)
+        key("provider"); string(provider)
+        key("upstream_model"); string(upstreamModel)
+        key("route")
+        out.append(UInt8(ascii: "["))
+        for (index, hop) in route.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            string(hop)
+        }
+        out.append(UInt8(ascii: "]"))
+        key("strategy"); string(strategy)
+        key("attempts")
+        out.append(UInt8(ascii: "["))
+        for (index, attempt) in attempts.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(UInt8(ascii: "{"))
+            key("route", first: true); string(attempt.name)
+            key("outcome"); string(attempt.outcome)
+            key("latency_ms"); JSON.double(attempt.latency.millisecondsRounded).encode(into: &out)
+            if let message = attempt.message { key("error"); string(message) }
+            out.append(UInt8(ascii: "}"))
+        }
+        out.append(UInt8(ascii: "]"))
+        key("tokens")
+        out.append(UInt8(ascii: "{"))
+        key("prompt", first: true); out.append(contentsOf: String(usage.promptTokens).utf8)
+        key("completion"); out.append(contentsOf: String(usage.completionTokens).utf8)
+        key("total"); out.append(contentsOf: String(usage.totalTokens).utf8)
+        key("estimated"); out.append(contentsOf: (usage.estimated ? "true" : "false").utf8)
+        out.append(UInt8(ascii: "}"))
+        key("cost"); JSON.money(cost).encode(into: &out)
+        key("latency_ms"); JSON.double(latency.millisecondsRounded).encode(into: &out)
+        if let cacheStored {
+            key("cache")
+            out.append(contentsOf: (cacheStored ? #"{"hit":false,"stored":true}"# : #"{"hit":false,"stored":false}"#).utf8)
+        }
+        if let downstream {
+            key("downstream")
+            out.append(contentsOf: downstream)
+        }
+        out.append(UInt8(ascii: "}"))
+    }
+
+    /// The same object as a tree (without `downstream`).
+    var json: JSON {
+        var info: JSONObject = [
+            "request_id": .string(requestID), "node": .string(node), "provider": .string(provider),
+            "upstream_model": .string(upstreamModel), "route": .array(route.map(JSON.string)), "strategy": .string(strategy),
+            "attempts": .array(attempts.map(\.json)),
+        ]
+        info["tokens"] = ["prompt": .int(usage.promptTokens), "completion": .int(usage.completionTokens), "total": .int(usage.totalTokens), "estimated": .bool(usage.estimated)]
+        info["cost"] = .money(cost)
+        info["latency_ms"] = .double(latency.millisecondsRounded)
+        if let cacheStored { info["cache"] = ["hit": false, "stored": .bool(cacheStored)] }
+        return .object(info)
+    }
+}
