@@ -87,6 +87,9 @@ public final class MeshService: Service, Sendable {
     let origin = ContinuousClock.now
     /// Stamps for outgoing packets, kept ahead of what peers have seen across restarts (`gossip_stamp`).
     let stamps: StampClock
+    /// How far above its persisted stamp a restarted node starts: a second of microsecond stamps, more
+    /// packets than a node sends between two writes of it.
+    static let stampRestartMargin: UInt64 = 1_000_000
     let stopping = Atomic<Bool>(false)
     /// Tasks waiting for a member to be declared dead or to leave (`waitUntilGone`).
     private let goneWaiters = Mutex<[NodeID: [GoneWaiter]]>([:])
@@ -112,7 +115,10 @@ public final class MeshService: Service, Sendable {
         // NIO's shared group: never shut down, so an exchange still connecting while the service
         // stops cannot strand a promise on a dead event loop.
         self.group = MultiThreadedEventLoopGroup.singleton
-        stamps = StampClock(floor: persistence?.value("gossip_stamp") ?? 0)
+        // Above the persisted stamp by a margin: packets stamped after the last write of it (the 5 s
+        // between writes before a crash, or a send racing `stop()`) may have reached peers, and with the
+        // clock behind, stamps count up by one from the floor and would repeat them.
+        stamps = StampClock(floor: persistence?.value("gossip_stamp").map { $0 &+ MeshService.stampRestartMargin } ?? 0)
         let wall = wallClockMillis()
         let incarnation = persistence?.nextMonotonic("incarnation", floor: UInt64(wall / 1000)) ?? UInt64(wall / 1000)
         let version = persistence?.value("record_version") ?? 0

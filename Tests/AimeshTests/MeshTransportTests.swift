@@ -7,7 +7,7 @@ import NIOPosix
 import Sodium
 import Synchronization
 import Testing
-import Transport
+@testable import Transport
 import Wire
 #if canImport(Glibc)
 import Glibc
@@ -315,6 +315,8 @@ struct MeshTransportTests {
         #expect(persisted > hourAhead, "the last stamp sent was persisted at stop")
         let again = try await Self.start(name: "b", seeds: [a.service.address], key: b.key, dataDir: dir)
         defer { Task { await again.service.stop() } }
+        // Packets the old b stamped after it wrote the stamp (a send racing its stop) cannot be repeated.
+        #expect(again.service.stamps.latest >= persisted + MeshService.stampRestartMargin)
         let version = try #require(a.service.records().first { $0.record.origin == b.key.nodeID }?.record.version)
         #expect(await eventually { (a.service.records().first { $0.record.origin == b.key.nodeID }?.record.version ?? 0) > version }, "a hears the restarted b")
         #expect(a.rejections.value("replayed_packet") == 0 && a.rejections.value("stale_packet") == 0)
