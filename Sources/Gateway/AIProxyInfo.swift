@@ -42,17 +42,7 @@ struct AIProxyInfo: Sendable {
         out.append(UInt8(ascii: "]"))
         key("strategy"); string(strategy)
         key("attempts")
-        out.append(UInt8(ascii: "["))
-        for (index, attempt) in attempts.enumerated() {
-            if index > 0 { out.append(UInt8(ascii: ",")) }
-            out.append(UInt8(ascii: "{"))
-            key("route", first: true); string(attempt.name)
-            key("outcome"); string(attempt.outcome)
-            key("latency_ms"); JSON.double(attempt.latency.millisecondsRounded).encode(into: &out)
-            if let message = attempt.message { key("error"); string(message) }
-            out.append(UInt8(ascii: "}"))
-        }
-        out.append(UInt8(ascii: "]"))
+        AIProxyInfo.encode(attempts, into: &out)
         key("tokens")
         out.append(UInt8(ascii: "{"))
         key("prompt", first: true); out.append(contentsOf: String(usage.promptTokens).utf8)
@@ -71,6 +61,42 @@ struct AIProxyInfo: Sendable {
             out.append(contentsOf: downstream)
         }
         out.append(UInt8(ascii: "}"))
+    }
+
+    /// The attempts as `x_aiproxy.attempts` and the ledger's `attempts_json` spell them: what
+    /// `JSON.array(attempts.map(\.json))` encodes to.
+    static func encode(_ attempts: [AttemptRecord], into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "["))
+        for (index, attempt) in attempts.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: #"{"route":"#.utf8)
+            JSON.encodeString(attempt.name, into: &out)
+            out.append(contentsOf: #","outcome":"#.utf8)
+            JSON.encodeString(attempt.outcome, into: &out)
+            out.append(contentsOf: #","latency_ms":"#.utf8)
+            JSON.double(attempt.latency.millisecondsRounded).encode(into: &out)
+            if let message = attempt.message {
+                out.append(contentsOf: #","error":"#.utf8)
+                JSON.encodeString(message, into: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
+        out.append(UInt8(ascii: "]"))
+    }
+
+    /// The ledger's `attempts_json`.
+    static func attemptsText(_ attempts: [AttemptRecord]) -> String {
+        if attempts.isEmpty { return "[]" }
+        var out: [UInt8] = []
+        out.reserveCapacity(96 * attempts.count)
+        encode(attempts, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `x-aiproxy-cost`: the cost as `x_aiproxy.cost` writes it.
+    static func costText(_ cost: Double) -> String {
+        if case .number(let text) = JSON.money(cost) { return text }
+        return JSON.money(cost).text
     }
 
     /// The same object as a tree (without `downstream`).

@@ -311,10 +311,10 @@ extension Gateway {
                 info.cacheStored = stored
             }
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
-            var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
-            if cacheKey != nil { headers.append(HTTPField(name: .aiproxyCache, value: "miss")) }
-            headers.append(HTTPField(name: .aiproxyCost, value: JSON.money(cost).text))
-            headers.append(HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)))
+            var extra = [HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)), HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)),
+                         HTTPField(name: .contentType, value: "application/json")]
+            if cacheKey != nil { extra.insert(HTTPField(name: .aiproxyCache, value: "miss"), at: 0) }
+            let headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy, extra: extra)
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                    upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
             return JSONResponse.make(bytes: body, headers: headers)
@@ -482,7 +482,7 @@ extension Gateway {
                 let path = self.path(for: route, downstream: response.headers)
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
                 var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
-                headers[.aiproxyCost] = JSON.money(cost).text
+                headers[.aiproxyCost] = AIProxyInfo.costText(cost)
                 record(requestID: requestID, model: modelName, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "embeddings")
                 return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer), headers: headers)
@@ -581,14 +581,18 @@ extension Gateway {
 
     /// `base` (which never holds these names) plus how the answer was served: appended, not set by
     /// name, so no field is searched for.
-    func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy) -> HTTPFields {
-        var headers = base
-        headers.reserveCapacity(base.count + 8)
-        headers.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
-        headers.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
-        headers.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
-        headers.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
-        return headers
+    /// `extra` follows them; the fields are gathered in one array and made into `HTTPFields` once.
+    func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy,
+                         extra: [HTTPField] = []) -> HTTPFields {
+        var fields: [HTTPField] = []
+        fields.reserveCapacity(base.count + 4 + extra.count)
+        fields.append(contentsOf: base)
+        fields.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
+        fields.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
+        fields.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
+        fields.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
+        fields.append(contentsOf: extra)
+        return HTTPFields(fields)
     }
 
     // MARK: Ledger and metrics
@@ -628,7 +632,7 @@ extension Gateway {
             requestID: requestID, timestampMillis: now, apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: path, provider: path.last, node: nodeName,
             fromNode: options.fromNode, promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, tokensEstimated: usage.estimated,
             cost: cost, latencyMillis: latency.millisecondsRounded, status: status, outcome: outcome, attempts: attempts.count,
-            attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error, metadata: options.metadata, endpoint: endpoint))
+            attemptsJSON: AIProxyInfo.attemptsText(attempts), stream: stream, error: error, metadata: options.metadata, endpoint: endpoint))
     }
 
     func recordFailure(requestID: String, model: String, apiKey: String?, error: APIError, attempts: [AttemptRecord], options: RequestOptions,
@@ -643,7 +647,7 @@ extension Gateway {
         record(in: ledger, LedgerEntry(
             requestID: requestID, timestampMillis: wallClockMillis(), apiKey: options.fromNode.map { "node:\($0)" } ?? apiKey, model: model, route: [nodeName], provider: nil, node: nodeName,
             fromNode: options.fromNode, latencyMillis: (ContinuousClock.now - start).millisecondsRounded, status: error.status, outcome: "error",
-            attempts: attempts.count, attemptsJSON: JSON.array(attempts.map(\.json)).text, stream: stream, error: error.message,
+            attempts: attempts.count, attemptsJSON: AIProxyInfo.attemptsText(attempts), stream: stream, error: error.message,
             metadata: options.metadata, endpoint: endpoint))
     }
 }

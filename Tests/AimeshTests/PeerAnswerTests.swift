@@ -54,6 +54,12 @@ import Testing
             info.encode(into: &out)
             #expect(String(decoding: out, as: UTF8.self) == info.json.text)
         }
+        for list in [attempts, [attempts[0]], []] {
+            #expect(AIProxyInfo.attemptsText(list) == JSON.array(list.map(\.json)).text, "the ledger's attempts_json")
+        }
+        for cost in [0, 0.25, 9.699999999999999e-06, 1e20, 3.0000000000001e-07, .infinity] {
+            #expect(AIProxyInfo.costText(cost) == JSON.money(cost).text)
+        }
         info.attempts = []
         var out: [UInt8] = []
         info.encode(into: &out)
