@@ -311,10 +311,10 @@ extension Gateway {
                 info.cacheStored = stored
             }
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
-            var extra = [HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)), HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)),
-                         HTTPField(name: .contentType, value: "application/json")]
-            if cacheKey != nil { extra.insert(HTTPField(name: .aiproxyCache, value: "miss"), at: 0) }
-            let headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy, extra: extra)
+            var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
+            if cacheKey != nil { headers.append(HTTPField(name: .aiproxyCache, value: "miss")) }
+            headers.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
+            headers.append(HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)))
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                    upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
             return JSONResponse.make(bytes: body, headers: headers)
@@ -581,18 +581,16 @@ extension Gateway {
 
     /// `base` (which never holds these names) plus how the answer was served: appended, not set by
     /// name, so no field is searched for.
-    /// `extra` follows them; the fields are gathered in one array and made into `HTTPFields` once.
-    func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy,
-                         extra: [HTTPField] = []) -> HTTPFields {
-        var fields: [HTTPField] = []
-        fields.reserveCapacity(base.count + 4 + extra.count)
-        fields.append(contentsOf: base)
-        fields.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
-        fields.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
-        fields.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
-        fields.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
-        fields.append(contentsOf: extra)
-        return HTTPFields(fields)
+    /// `base` (which never holds these names) plus how the answer was served: appended, not set by
+    /// name, so no field is searched for.
+    func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy) -> HTTPFields {
+        var headers = base
+        headers.reserveCapacity(base.count + 8)
+        headers.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
+        headers.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
+        headers.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
+        headers.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
+        return headers
     }
 
     // MARK: Ledger and metrics

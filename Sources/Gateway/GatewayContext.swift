@@ -46,10 +46,9 @@ enum JSONResponse {
         make(bytes: value.bytes, status: status, headers: headers)
     }
 
-    /// Sets `content-type: application/json` unless `headers` already say it.
     static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
         var headers = headers
-        if headers[.contentType] != "application/json" { headers[.contentType] = "application/json" }
+        headers[.contentType] = "application/json"
         var buffer = ByteBuffer()
         buffer.writeBytes(bytes)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: buffer))
