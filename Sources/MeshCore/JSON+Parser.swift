@@ -342,35 +342,50 @@ private struct Cursor {
             guard index < bytes.count else { throw error(at: open, "unterminated string") }
             let escape = bytes[index]
             index += 1
-            switch escape {
-            case UInt8(ascii: "\""): scratch.append(0x22)
-            case UInt8(ascii: "\\"): scratch.append(0x5C)
-            case UInt8(ascii: "/"): scratch.append(0x2F)
-            case UInt8(ascii: "b"): scratch.append(0x08)
-            case UInt8(ascii: "f"): scratch.append(0x0C)
-            case UInt8(ascii: "n"): scratch.append(0x0A)
-            case UInt8(ascii: "r"): scratch.append(0x0D)
-            case UInt8(ascii: "t"): scratch.append(0x09)
-            case UInt8(ascii: "u"):
-                var scalar = try parseHex4()
-                if (0xD800...0xDBFF).contains(scalar) {
-                    guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
-                        throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
-                    }
-                    index += 2
-                    let low = try parseHex4()
-                    guard (0xDC00...0xDFFF).contains(low) else { throw error(at: index, "invalid low surrogate in \\u escape") }
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                } else if (0xDC00...0xDFFF).contains(scalar) {
-                    throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
-                }
-                guard let unicode = Unicode.Scalar(scalar) else { throw error(at: index, "invalid \\u escape") }
-                scratch.append(contentsOf: UTF8.encode(unicode)!)
-            default:
+            if let character = Cursor.unescaped(escape) {
+                scratch.append(character)
+            } else if escape == UInt8(ascii: "u") {
+                scratch.append(contentsOf: UTF8.encode(try parseUnicodeEscape())!)
+            } else {
                 throw error(at: index - 1, "invalid escape '\\\(Character(Unicode.Scalar(escape)))'")
             }
         }
         throw error(at: open, "unterminated string")
+    }
+
+    /// The byte a one-letter escape (`\\n`, `\\"`, …) stands for; nil for `u` and anything invalid.
+    @inline(__always)
+    static func unescaped(_ escape: UInt8) -> UInt8? {
+        switch escape {
+        case UInt8(ascii: "\""): 0x22
+        case UInt8(ascii: "\\"): 0x5C
+        case UInt8(ascii: "/"): 0x2F
+        case UInt8(ascii: "b"): 0x08
+        case UInt8(ascii: "f"): 0x0C
+        case UInt8(ascii: "n"): 0x0A
+        case UInt8(ascii: "r"): 0x0D
+        case UInt8(ascii: "t"): 0x09
+        default: nil
+        }
+    }
+
+    /// The scalar of a `\\u` escape whose `\\u` was just read: four hex digits, and a low surrogate's
+    /// escape after a high one.
+    mutating func parseUnicodeEscape() throws(JSONParseError) -> Unicode.Scalar {
+        var scalar = try parseHex4()
+        if (0xD800...0xDBFF).contains(scalar) {
+            guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
+                throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
+            }
+            index += 2
+            let low = try parseHex4()
+            guard (0xDC00...0xDFFF).contains(low) else { throw error(at: index, "invalid low surrogate in \\u escape") }
+            scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+        } else if (0xDC00...0xDFFF).contains(scalar) {
+            throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
+        }
+        guard let unicode = Unicode.Scalar(scalar) else { throw error(at: index, "invalid \\u escape") }
+        return unicode
     }
 
     // MARK: Checking without building
@@ -462,25 +477,11 @@ private struct Cursor {
             guard index < bytes.count else { throw error(at: open, "unterminated string") }
             let escape = bytes[index]
             index += 1
-            switch escape {
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"), UInt8(ascii: "n"),
-                 UInt8(ascii: "r"), UInt8(ascii: "t"):
+            if Cursor.unescaped(escape) != nil {
                 decoded += 1
-            case UInt8(ascii: "u"):
-                var scalar = try parseHex4()
-                if (0xD800...0xDBFF).contains(scalar) {
-                    guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
-                        throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
-                    }
-                    index += 2
-                    let low = try parseHex4()
-                    guard (0xDC00...0xDFFF).contains(low) else { throw error(at: index, "invalid low surrogate in \\u escape") }
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                } else if (0xDC00...0xDFFF).contains(scalar) {
-                    throw error(at: index, "unpaired UTF-16 surrogate in \\u escape")
-                }
-                decoded += scalar < 0x80 ? 1 : scalar < 0x800 ? 2 : scalar < 0x10000 ? 3 : 4
-            default:
+            } else if escape == UInt8(ascii: "u") {
+                decoded += UTF8.width(try parseUnicodeEscape())
+            } else {
                 throw error(at: index - 1, "invalid escape '\\\(Character(Unicode.Scalar(escape)))'")
             }
         }
@@ -488,39 +489,9 @@ private struct Cursor {
         index += 1
         if decoded > limits.maxStringBytes { throw error(at: start, "string longer than \(limits.maxStringBytes) bytes") }
         // Escapes are ASCII, so the raw bytes are valid UTF-8 exactly when the decoded ones are.
-        if hasHighBytes && !Cursor.isValidUTF8(UnsafeBufferPointer(rebasing: bytes[start..<end])) {
+        if hasHighBytes, (try? UTF8Span(validating: UnsafeBufferPointer(rebasing: bytes[start..<end]).span)) == nil {
             throw error(at: start, "string is not valid UTF-8")
         }
-    }
-
-    /// RFC 3629 well-formedness (no overlongs, no surrogates, nothing above U+10FFFF), without decoding.
-    static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        var i = 0
-        let n = bytes.count
-        @inline(__always) func continuation(_ at: Int, _ low: UInt8 = 0x80, _ high: UInt8 = 0xBF) -> Bool {
-            at < n && bytes[at] >= low && bytes[at] <= high
-        }
-        while i < n {
-            let lead = bytes[i]
-            switch lead {
-            case 0x00...0x7F:
-                i += 1
-            case 0xC2...0xDF:
-                guard continuation(i + 1) else { return false }
-                i += 2
-            case 0xE0...0xEF:
-                let (low, high): (UInt8, UInt8) = lead == 0xE0 ? (0xA0, 0xBF) : lead == 0xED ? (0x80, 0x9F) : (0x80, 0xBF)
-                guard continuation(i + 1, low, high), continuation(i + 2) else { return false }
-                i += 3
-            case 0xF0...0xF4:
-                let (low, high): (UInt8, UInt8) = lead == 0xF0 ? (0x90, 0xBF) : lead == 0xF4 ? (0x80, 0x8F) : (0x80, 0xBF)
-                guard continuation(i + 1, low, high), continuation(i + 2), continuation(i + 3) else { return false }
-                i += 4
-            default:
-                return false
-            }
-        }
-        return true
     }
 
     mutating func parseHex4() throws(JSONParseError) -> UInt32 {
