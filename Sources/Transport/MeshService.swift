@@ -614,11 +614,17 @@ public final class MeshService: Service, Sendable {
     public func liveOffers(model: String?) -> [(record: CapabilityRecord, rtt: Duration?)] {
         state.withLock { state in
             var offers: [(record: CapabilityRecord, rtt: Duration?)] = []
-            for (origin, entry) in state.agent.store.table.entries where origin != nodeID && state.agent.swim.members[origin]?.status == .alive {
-                if let model, !entry.record.models.contains(where: { $0.name == model }) { continue }
-                offers.append((entry.record, state.rtt[origin]))
-            }
+            forEachLiveOffer(in: state, model: model) { origin, entry in offers.append((entry.record, state.rtt[origin])) }
             return offers.sorted { $0.record.origin < $1.record.origin }
+        }
+    }
+
+    /// The one filter behind `liveOffers` and `liveOffersDigest`: table entries of alive peers (not this
+    /// node) whose record lists `model` (any model when nil).
+    private func forEachLiveOffer(in state: State, model: String?, _ body: (NodeID, RecordTable.Entry) -> Void) {
+        for (origin, entry) in state.agent.store.table.entries where origin != nodeID && state.agent.swim.members[origin]?.status == .alive {
+            if let model, !entry.record.models.contains(where: { $0.name == model }) { continue }
+            body(origin, entry)
         }
     }
 
@@ -630,8 +636,7 @@ public final class MeshService: Service, Sendable {
         state.withLock { state in
             var digest = 0
             var count = 0
-            for (origin, entry) in state.agent.store.table.entries where origin != nodeID && state.agent.swim.members[origin]?.status == .alive {
-                if let model, !entry.record.models.contains(where: { $0.name == model }) { continue }
+            forEachLiveOffer(in: state, model: model) { origin, entry in
                 var hasher = Hasher()
                 hasher.combine(origin)
                 hasher.combine(entry.record.version)
