@@ -3,8 +3,8 @@ import Providers
 
 /// What `x_aiproxy` says about how one answer was served, written straight into the answer's bytes
 /// (`encode`): building it as a `JSON` tree first and encoding that cost five allocations and a walk of
-/// the tree per request. `json` is the same object as a tree, member for member; a test holds `encode`
-/// to it byte for byte.
+/// the tree per request. `PeerAnswerTests` holds `encode` byte for byte to the tree the gateway built
+/// before.
 struct AIProxyInfo: Sendable {
     var requestID: String
     var node: String
@@ -95,21 +95,8 @@ struct AIProxyInfo: Sendable {
 
     /// `x-aiproxy-cost`: the cost as `x_aiproxy.cost` writes it.
     static func costText(_ cost: Double) -> String {
-        if case .number(let text) = JSON.money(cost) { return text }
-        return JSON.money(cost).text
-    }
-
-    /// The same object as a tree (without `downstream`).
-    var json: JSON {
-        var info: JSONObject = [
-            "request_id": .string(requestID), "node": .string(node), "provider": .string(provider),
-            "upstream_model": .string(upstreamModel), "route": .array(route.map(JSON.string)), "strategy": .string(strategy),
-            "attempts": .array(attempts.map(\.json)),
-        ]
-        info["tokens"] = ["prompt": .int(usage.promptTokens), "completion": .int(usage.completionTokens), "total": .int(usage.totalTokens), "estimated": .bool(usage.estimated)]
-        info["cost"] = .money(cost)
-        info["latency_ms"] = .double(latency.millisecondsRounded)
-        if let cacheStored { info["cache"] = ["hit": false, "stored": .bool(cacheStored)] }
-        return .object(info)
+        let value = JSON.money(cost)
+        if case .number(let text) = value { return text }
+        return value.text
     }
 }

@@ -557,20 +557,10 @@ extension Gateway {
     /// value; `writeInfo` appends INFO, with the peer's value as its `downstream` when there is one.
     private static func splicing(_ bytes: [UInt8], closingBrace: Int, peer: PeerAnswer?,
                                  writeInfo: (inout [UInt8], ArraySlice<UInt8>?) -> Void) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count + 512)
         if let peer {
-            out.append(contentsOf: bytes[..<peer.infoRange.lowerBound])
-            writeInfo(&out, bytes[peer.infoRange])
-            out.append(contentsOf: bytes[peer.infoRange.upperBound...])
-            return out
+            return JSON.replacing(peer.infoRange, in: bytes, extra: 512) { writeInfo(&$0, bytes[peer.infoRange]) }
         }
-        out.append(contentsOf: bytes[..<closingBrace])
-        if bytes.count > 2 { out.append(UInt8(ascii: ",")) }
-        out.append(contentsOf: #""x_aiproxy":"#.utf8)
-        writeInfo(&out, nil)
-        out.append(contentsOf: bytes[closingBrace...])
-        return out
+        return JSON.appendingMember(to: bytes, closingBrace: closingBrace, isEmpty: bytes.count <= 2, key: "x_aiproxy", extra: 512) { writeInfo(&$0, nil) }
     }
 
     func aiproxyInfo(requestID: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy,
@@ -579,8 +569,6 @@ extension Gateway {
                     route: path, strategy: strategy.rawValue, attempts: attempts, usage: usage, cost: cost, latency: latency)
     }
 
-    /// `base` (which never holds these names) plus how the answer was served: appended, not set by
-    /// name, so no field is searched for.
     /// `base` (which never holds these names) plus how the answer was served: appended, not set by
     /// name, so no field is searched for.
     func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy) -> HTTPFields {

@@ -86,10 +86,18 @@ extension JSONParser.TopLevel {
     /// as it was. Used to rename `model` in a body that otherwise passes through.
     public func splicing(_ original: [UInt8], replacingValueOf key: String, with replacement: JSON) -> [UInt8]? {
         guard let range = valueRanges[key] else { return nil }
+        return JSON.replacing(range, in: original) { replacement.encode(into: &$0) }
+    }
+}
+
+extension JSON {
+    /// `original` with the bytes in `range` (a value's) replaced by what `write` appends; `extra` is how
+    /// many more bytes to reserve room for.
+    public static func replacing(_ range: Range<Int>, in original: [UInt8], extra: Int = 32, write: (inout [UInt8]) -> Void) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(original.count + 32)
+        out.reserveCapacity(original.count + extra)
         out.append(contentsOf: original[..<range.lowerBound])
-        replacement.encode(into: &out)
+        write(&out)
         out.append(contentsOf: original[range.upperBound...])
         return out
     }
@@ -102,13 +110,20 @@ extension JSON {
     public static func appendingMember(
         to original: [UInt8], closingBrace: Int, isEmpty: Bool, key: String, value: JSON
     ) -> [UInt8] {
+        appendingMember(to: original, closingBrace: closingBrace, isEmpty: isEmpty, key: key) { value.encode(into: &$0) }
+    }
+
+    /// The same, with the value's bytes appended by `writeValue` (a value written without a tree).
+    public static func appendingMember(
+        to original: [UInt8], closingBrace: Int, isEmpty: Bool, key: String, extra: Int = 256, writeValue: (inout [UInt8]) -> Void
+    ) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(original.count + 256)
+        out.reserveCapacity(original.count + extra)
         out.append(contentsOf: original[..<closingBrace])
         if !isEmpty { out.append(UInt8(ascii: ",")) }
         encodeString(key, into: &out)
         out.append(UInt8(ascii: ":"))
-        value.encode(into: &out)
+        writeValue(&out)
         out.append(contentsOf: original[closingBrace...])
         return out
     }
