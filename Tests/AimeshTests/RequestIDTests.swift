@@ -1,4 +1,5 @@
 @testable import Gateway
+import MeshCore
 import Testing
 
 /// Request ids lead with the time, so one node's ids sort in the order they were made (the ledger's index
@@ -20,6 +21,26 @@ import Testing
         // All 64 random bits are spelled: the first and the last four hex digits of the random part vary.
         #expect(Set(ids.map { $0.dropFirst(16).prefix(4) }).count > 900)
         #expect(Set(ids.map { $0.suffix(4) }).count > 900)
+    }
+
+    /// `FastRandom` never hands out the same number twice in a process, even to threads drawing at
+    /// once (its counter is atomic, its output function a bijection), and its bits are spread: every
+    /// one of the 64 bit positions is set in some draws and clear in others.
+    @Test func fastRandom_neverRepeats_acrossThreads() async {
+        let draws = await withTaskGroup(of: [UInt64].self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    var random = FastRandom()
+                    return (0..<20_000).map { _ in random.next() }
+                }
+            }
+            var all: [UInt64] = []
+            for await part in group { all += part }
+            return all
+        }
+        #expect(Set(draws).count == 80_000)
+        let ors = draws.reduce(0, |), ands = draws.reduce(UInt64.max, &)
+        #expect(ors == UInt64.max && ands == 0)
     }
 
     @Test func clockBeforeTheEpoch_orBeyond48Bits_stillGivesAWellFormedID() {
