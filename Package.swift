@@ -105,6 +105,18 @@ let package = Package(
         ),
         // libFuzzer target for every parser of untrusted input (scripts/fuzz); a corpus replayer otherwise.
         .executableTarget(name: "FuzzWire", dependencies: ["MeshCore", "Wire", "MeshState", "Sodium", "NodeConfig", "Providers"], swiftSettings: swiftSettings),
+        // The gateway's own work per request, in process and without sockets (scripts/bench-gateway).
+        .executableTarget(
+            name: "GatewayBench",
+            dependencies: [
+                "Gateway", "Providers", "Routing", "NodeConfig", "Ledger", "CurlHTTP", "MeshCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "aimesh",
             dependencies: [

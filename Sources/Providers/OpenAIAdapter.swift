@@ -70,7 +70,7 @@ public struct OpenAIAdapter: ProviderAdapter {
     /// choices' text) is checked but not built: the bytes pass through to the client as they came.
     static let answerMembers: Set<String> = ["usage", "x_aiproxy"]
 
-    static func completed(_ bytes: [UInt8], request: ChatRequest, providerName: String) throws(ProviderFailure) -> CompletedResponse {
+    package static func completed(_ bytes: [UInt8], request: ChatRequest, providerName: String) throws(ProviderFailure) -> CompletedResponse {
         let parsed: JSONParser.TopLevel
         do {
             parsed = try JSONParser.parseTopLevelObject(bytes, keeping: answerMembers)

@@ -34,3 +34,5 @@ __attribute__((constructor)) static void start(void) {
     if (!path) return;
     pthread_t t; pthread_create(&t, NULL, reporter, (void *)path);
 }
+/* The running total, for a process that reads its own count (scripts/bench-gateway). */
+unsigned long alloc_count_total(void) { return atomic_load(&allocs); }
