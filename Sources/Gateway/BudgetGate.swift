@@ -148,6 +148,8 @@ public final class BudgetGate: Sendable {
     /// Drops a request's reservation (it failed, or it is being settled).
     public func release(requestID: String) {
         state.withLock { state in
+            // Most requests reserve nothing (free routes, no limits): no id to hash then.
+            guard !state.reservations.isEmpty else { return }
             if let held = state.reservations.removeValue(forKey: requestID) { state.reserved = max(0, state.reserved - held) }
         }
     }
@@ -245,6 +247,7 @@ public final class KeyBudgets: Sendable {
 
     func release(requestID: String) {
         state.withLock { state in
+            guard !state.reservations.isEmpty else { return }
             if let held = state.reservations.removeValue(forKey: requestID) { state.reserved[held.key] = max(0, (state.reserved[held.key] ?? 0) - held.amount) }
         }
     }

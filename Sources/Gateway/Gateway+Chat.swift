@@ -27,6 +27,42 @@ struct RequestOptions: Sendable {
     var clientKey: ClientKey?
 }
 
+/// A request's `x-aiproxy-*` headers, found in one pass over its fields: most requests carry none, and
+/// looking each name up on its own scanned every field once per name. Repeated fields are joined with
+/// ", ", as `HTTPFields`' subscript joins them.
+struct AIProxyRequestHeaders {
+    var strategy: String?
+    var maxCost: String?
+    var provider: String?
+    var localOnly: String?
+    var timeout: String?
+    var metadata: String?
+    var cacheTTL: String?
+    var hop: String?
+
+    init(_ fields: HTTPFields) {
+        for field in fields {
+            let name = field.name.canonicalName
+            guard name.utf8.starts(with: "x-aiproxy-".utf8) else { continue }
+            switch name {
+            case HTTPField.Name.aiproxyStrategy.canonicalName: Self.join(&strategy, field.value)
+            case HTTPField.Name.aiproxyMaxCost.canonicalName: Self.join(&maxCost, field.value)
+            case HTTPField.Name.aiproxyPinnedProvider.canonicalName: Self.join(&provider, field.value)
+            case HTTPField.Name.aiproxyLocalOnly.canonicalName: Self.join(&localOnly, field.value)
+            case HTTPField.Name.aiproxyTimeout.canonicalName: Self.join(&timeout, field.value)
+            case HTTPField.Name.aiproxyMetadata.canonicalName: Self.join(&metadata, field.value)
+            case HTTPField.Name.aiproxyCacheTTL.canonicalName: Self.join(&cacheTTL, field.value)
+            case HTTPField.Name.aiproxyHop.canonicalName: Self.join(&hop, field.value)
+            default: continue
+            }
+        }
+    }
+
+    private static func join(_ slot: inout String?, _ value: String) {
+        if let first = slot { slot = first + ", " + value } else { slot = value }
+    }
+}
+
 enum ChatOutcome: Sendable {
     case complete(CompletedResponse)
     case stream(any ChatStream, first: StreamItem)
@@ -37,6 +73,7 @@ extension Gateway {
 
     func options(from request: Request, model: inout String, body: [UInt8], key: ClientKey? = nil) throws(APIError) -> RequestOptions {
         var options = RequestOptions(strategy: configuration.routing.loadBalancing.enabled ? (configuration.routing.loadBalancing.strategy ?? configuration.routing.strategy) : configuration.routing.strategy)
+        let headers = AIProxyRequestHeaders(request.headers)
         // OpenRouter-style suffixes: model:floor (cheapest), model:nitro (fastest).
         if let colon = model.lastIndex(of: ":") {
             let suffix = model[model.index(after: colon)...]
@@ -45,29 +82,29 @@ extension Gateway {
                 model = String(model[..<colon])
             }
         }
-        if let value = request.headers[.aiproxyStrategy] {
+        if let value = headers.strategy {
             guard let strategy = RoutingStrategy(spelling: value) else {
                 throw APIError.badRequest("x-aiproxy-strategy '\(value)' is not one of \(RoutingStrategy.allCases.map(\.rawValue).joined(separator: ", "))", param: "x-aiproxy-strategy")
             }
             options.strategy = strategy
         }
-        if let value = request.headers[.aiproxyMaxCost] {
+        if let value = headers.maxCost {
             guard let cost = Double(value), cost >= 0, cost.isFinite else {
                 throw APIError.badRequest("x-aiproxy-max-cost must be a number of US dollars, found '\(value)'", param: "x-aiproxy-max-cost")
             }
             options.maxCost = cost
         }
-        if let value = request.headers[.aiproxyPinnedProvider], !value.isEmpty { options.pinned = value }
-        if let value = request.headers[.aiproxyLocalOnly] {
+        if let value = headers.provider, !value.isEmpty { options.pinned = value }
+        if let value = headers.localOnly {
             options.localOnly = ["1", "true", "yes", "on"].contains(value.lowercased())
         }
-        if let value = request.headers[.aiproxyTimeout] {
+        if let value = headers.timeout {
             guard let duration = Units.parseDuration(value.allSatisfy(\.isNumber) ? "\(value)ms" : value), duration > .zero else {
                 throw APIError.badRequest("x-aiproxy-timeout must be milliseconds or a duration like 30s, found '\(value)'", param: "x-aiproxy-timeout")
             }
             options.timeout = duration
         }
-        if let value = request.headers[.aiproxyMetadata] {
+        if let value = headers.metadata {
             guard value.utf8.count <= 4096 else { throw APIError.badRequest("x-aiproxy-metadata is longer than 4096 bytes", param: "x-aiproxy-metadata") }
             guard let json = try? JSONParser.parse(value, limits: .init(maxDepth: 4)), case .object = json else {
                 throw APIError.badRequest("x-aiproxy-metadata must be a JSON object", param: "x-aiproxy-metadata")
@@ -78,13 +115,13 @@ extension Gateway {
         if let key, !key.models.isEmpty, !key.models.contains(model) {
             throw APIError.forbidden("API key '\(key.name)' may not use '\(model)'; it may use: \(key.models.joined(separator: ", "))", code: "model_not_allowed")
         }
-        if let value = request.headers[.aiproxyCacheTTL] {
+        if let value = headers.cacheTTL {
             guard let ttl = Units.parseDuration(value.allSatisfy(\.isNumber) ? "\(value)s" : value), ttl >= .zero, ttl <= .seconds(30 * 86_400) else {
                 throw APIError.badRequest("x-aiproxy-cache-ttl must be seconds or a duration like 10m (at most 30 days), found '\(value)'", param: "x-aiproxy-cache-ttl")
             }
             options.cacheTTL = ttl
         }
-        if let hop = request.headers[.aiproxyHop] {
+        if let hop = headers.hop {
             // A forwarded request: a mesh member vouches for it instead of a client key.
             guard let remote else {
                 throw APIError(status: 403, type: "permission_denied", code: "not_in_mesh", message: "this node is not in a mesh; it accepts no forwarded requests")
@@ -118,7 +155,10 @@ extension Gateway {
         var budgetStatus = budget.status(nowMillis: wallClockMillis())
         if budgetStatus.paidAllowed {
             // Reserve the most any paid route could cost before anything is sent.
-            let worst = routes.filter { !$0.candidate.price.isFree }.map { $0.candidate.maximumCost(inputTokens: inputTokens, outputTokens: maxOutputTokens) }.max() ?? 0
+            var worst = 0.0
+            for route in routes where !route.candidate.price.isFree {
+                worst = max(worst, route.candidate.maximumCost(inputTokens: inputTokens, outputTokens: maxOutputTokens))
+            }
             if worst > 0 && !budget.reserve(requestID: requestID, maxCost: worst, nowMillis: wallClockMillis()) {
                 budgetStatus.paidAllowed = false
                 budgetStatus.reason = "the budget cannot hold this request's maximum cost ($\(worst)) next to what is spent and in flight"
@@ -138,7 +178,9 @@ extension Gateway {
         let request = PlanRequest(
             model: model, strategy: options.strategy, maxCost: options.maxCost, pinnedRoute: options.pinned, localOnly: options.localOnly,
             paidAllowed: budgetStatus.paidAllowed, requiredCapabilities: capabilities, estimatedInputTokens: inputTokens, maxOutputTokens: maxOutputTokens,
-            fallbackChain: configuration.routing.failover.fallbackChain, rotation: board.nextRotation(for: model),
+            fallbackChain: configuration.routing.failover.fallbackChain,
+            // Only round robin reads the rotation; the others skip its lock and lookup.
+            rotation: options.strategy == .roundRobin ? board.nextRotation(for: model) : 0,
             unhealthyThreshold: configuration.routing.loadBalancing.healthAware ? configuration.routing.loadBalancing.unhealthyThreshold : nil)
         var random = FastRandom()
         let plan = RoutePlanner.plan(request, candidates: routes.map(\.candidate), using: &random)
@@ -154,12 +196,15 @@ extension Gateway {
             }
             throw APIError(status: 400, type: "invalid_request_error", code: "no_eligible_route", message: "no route for '\(model)' meets the request's constraints: \(reasons)")
         }
-        var byID: [String: ExecutableRoute] = [:]
-        for route in routes { byID[route.candidate.id] = route }
-        let ordered = plan.routes.compactMap { candidate -> ExecutableRoute? in
-            guard var route = byID[candidate.id] else { return nil }
+        // The plan's candidates back to their routes. Route ids are unique and a model has a handful of
+        // routes, so a scan beats building a dictionary per request.
+        var ordered: [ExecutableRoute] = []
+        ordered.reserveCapacity(plan.routes.count)
+        for candidate in plan.routes {
+            guard let index = routes.firstIndex(where: { $0.candidate.id == candidate.id }) else { continue }
+            var route = routes[index]
             route.candidate = candidate
-            return route
+            ordered.append(route)
         }
         return (plan, ordered)
     }
@@ -217,7 +262,7 @@ extension Gateway {
     func readBody(_ request: Request) async throws(APIError) -> [UInt8] {
         var request = request
         let limit = configuration.server.maxRequestSize
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > limit { throw APIError.tooLarge(limit: limit) }
+        if let length = request.headers.first(.contentLength).flatMap(Int.init), length > limit { throw APIError.tooLarge(limit: limit) }
         do {
             let buffer = try await request.collectBody(upTo: limit)
             return Array(buffer.readableBytesView)
@@ -250,7 +295,6 @@ extension Gateway {
 
     /// Plans, runs with failover, and answers a chat request (JSON or SSE).
     func serveChat(_ chat: ChatRequest, model: String, options: RequestOptions, requestID: String, apiKey: String?, start: ContinuousClock.Instant, endpoint: String) async -> Response {
-        let baseHeaders: HTTPFields = [.aiproxyRequestID: requestID, .aiproxyNode: nodeName]
         let cacheTTL = self.cacheTTL(for: model, options: options, stream: chat.stream)
         var cacheKey: [UInt8]?
         if let cacheTTL, cacheTTL > .zero, let cache {
@@ -258,7 +302,7 @@ extension Gateway {
             cacheKey = key
             if let hit = cache.lookup(key, nowMillis: wallClockMillis()) {
                 metrics.counter("aimesh_cache_total", [("result", "hit")]).increment()
-                return cacheHitResponse(hit, model: model, requestID: requestID, apiKey: apiKey, options: options, start: start, endpoint: endpoint, baseHeaders: baseHeaders)
+                return cacheHitResponse(hit, model: model, requestID: requestID, apiKey: apiKey, options: options, start: start, endpoint: endpoint, baseHeaders: baseHeaders(requestID))
             }
             metrics.counter("aimesh_cache_total", [("result", "miss")]).increment()
         }
@@ -269,7 +313,7 @@ extension Gateway {
                                            maxOutputTokens: chat.maxTokens ?? 1024, requestID: requestID)
         } catch {
             recordFailure(requestID: requestID, model: model, apiKey: apiKey, error: error, attempts: [], options: options, stream: chat.stream, start: start, endpoint: endpoint)
-            return error.response(extraHeaders: baseHeaders)
+            return error.response(extraHeaders: baseHeaders(requestID))
         }
         let outcome = await executor.run(routes: routes, deadline: deadline(for: options, start: start), operation: { route, timeouts in
             let call = ChatCall(request: chat, upstreamModel: route.candidate.upstreamModel, requestID: requestID, timeouts: timeouts,
@@ -293,8 +337,8 @@ extension Gateway {
         switch outcome {
         case .failure(let error, let attempts, _):
             recordFailure(requestID: requestID, model: model, apiKey: apiKey, error: error, attempts: attempts, options: options, stream: chat.stream, start: start, endpoint: endpoint)
-            var headers = baseHeaders
-            headers[.aiproxyAttempts] = String(attempts.count)
+            var headers = baseHeaders(requestID)
+            headers.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
             return error.response(extraHeaders: headers)
         case .success(.complete(let response), let route, let attempts, let upstreamTime):
             let latency = ContinuousClock.now - start
@@ -311,19 +355,20 @@ extension Gateway {
                 info.cacheStored = stored
             }
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
-            var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
+            var headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
+                                          strategy: plan.strategy, extra: 3)
             if cacheKey != nil { headers.append(HTTPField(name: .aiproxyCache, value: "miss")) }
             headers.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
             headers.append(HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)))
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                    upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
-            return JSONResponse.make(bytes: body, headers: headers)
+            return JSONResponse.make(bytes: body, completeHeaders: headers)
         case .success(.stream(let stream, let first), let route, let attempts, let upstreamTime):
             let path = self.path(for: route, downstream: stream.headers)
-            var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
-            headers[.contentType] = "text/event-stream"
-            headers[.cacheControl] = "no-cache"
-            headers[.accelBuffering] = "no"
+            var headers = responseHeaders(requestID: requestID, contentType: "text/event-stream", route: route, path: path, attempts: attempts,
+                                          strategy: plan.strategy)
+            headers.append(HTTPField(name: .cacheControl, value: "no-cache"))
+            headers.append(HTTPField(name: .accelBuffering, value: "no"))
             let firstByteOverhead = (ContinuousClock.now - start) - upstreamTime
             metrics.timer("aimesh_gateway_overhead_seconds", [("endpoint", "\(endpoint)_stream")]).record(duration: max(firstByteOverhead, .zero))
             let body = ResponseBody { [self] writer in
@@ -457,7 +502,6 @@ extension Gateway {
     func embeddings(_ request: Request, context: GatewayContext) async -> Response {
         let start = ContinuousClock.now
         let requestID = Gateway.makeRequestID()
-        let baseHeaders: HTTPFields = [.aiproxyRequestID: requestID, .aiproxyNode: nodeName]
         var modelName = ""
         var options = RequestOptions(strategy: configuration.routing.strategy)
         do {
@@ -474,22 +518,23 @@ extension Gateway {
             switch outcome {
             case .failure(let error, let attempts, _):
                 recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: attempts, options: options, stream: false, start: start, endpoint: "embeddings")
-                return error.response(extraHeaders: baseHeaders)
+                return error.response(extraHeaders: baseHeaders(requestID))
             case .success(let response, let route, let attempts, let upstreamTime):
                 let latency = ContinuousClock.now - start
                 let peer = Gateway.peerAnswer(response.body, topLevel: response.topLevel, route: route)
                 let cost = peer?.cost ?? route.candidate.price.cost(of: response.usage)
                 let path = self.path(for: route, downstream: response.headers)
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
-                var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
-                headers[.aiproxyCost] = AIProxyInfo.costText(cost)
+                var headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
+                                              strategy: plan.strategy, extra: 1)
+                headers.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
                 record(requestID: requestID, model: modelName, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "embeddings")
-                return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer), headers: headers)
+                return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer), completeHeaders: headers)
             }
         } catch {
             recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: [], options: options, stream: false, start: start, endpoint: "embeddings")
-            return error.response(extraHeaders: baseHeaders)
+            return error.response(extraHeaders: baseHeaders(requestID))
         }
     }
 
@@ -569,11 +614,24 @@ extension Gateway {
                     route: path, strategy: strategy.rawValue, attempts: attempts, usage: usage, cost: cost, latency: latency)
     }
 
-    /// `base` (which never holds these names) plus how the answer was served: appended, not set by
-    /// name, so no field is searched for.
-    func responseHeaders(base: HTTPFields, route: ExecutableRoute, path: [String], attempts: [AttemptRecord], strategy: RoutingStrategy) -> HTTPFields {
-        var headers = base
-        headers.reserveCapacity(base.count + 8)
+    /// The headers every answer carries: its request id and this node.
+    func baseHeaders(_ requestID: String) -> HTTPFields {
+        var headers = HTTPFields()
+        headers.reserveCapacity(2)
+        headers.append(HTTPField(name: .aiproxyRequestID, value: requestID))
+        headers.append(HTTPField(name: .aiproxyNode, value: nodeName))
+        return headers
+    }
+
+    /// A served answer's headers: its content type, the base headers and how it was served, with room
+    /// for `extra` more. Appended, never set by name, so no field is searched for.
+    func responseHeaders(requestID: String, contentType: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord],
+                         strategy: RoutingStrategy, extra: Int = 2) -> HTTPFields {
+        var headers = HTTPFields()
+        headers.reserveCapacity(7 + extra)
+        headers.append(HTTPField(name: .contentType, value: contentType))
+        headers.append(HTTPField(name: .aiproxyRequestID, value: requestID))
+        headers.append(HTTPField(name: .aiproxyNode, value: nodeName))
         headers.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
         headers.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
         headers.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))

@@ -1,3 +1,4 @@
+import HTTPTypes
 import Hummingbird
 import Ledger
 import MeshCore
@@ -11,7 +12,6 @@ extension Gateway {
     func predict(_ request: Request, context: GatewayContext) async -> Response {
         let start = ContinuousClock.now
         let requestID = Gateway.makeRequestID()
-        let baseHeaders: HTTPFields = [.aiproxyRequestID: requestID, .aiproxyNode: nodeName]
         do throws(APIError) {
             let bytes = try await readBody(request)
             let json: JSON
@@ -68,7 +68,7 @@ extension Gateway {
             switch outcome {
             case .failure(let error, let attempts, _):
                 recordFailure(requestID: requestID, model: model, apiKey: context.apiKeyName, error: error, attempts: attempts, options: options, stream: false, start: start, endpoint: "predict")
-                return error.response(extraHeaders: baseHeaders)
+                return error.response(extraHeaders: baseHeaders(requestID))
             case .success(let response, let route, let attempts, let upstreamTime):
                 let latency = ContinuousClock.now - start
                 let parsed = (try? JSONParser.parse(response.body)) ?? .null
@@ -96,12 +96,13 @@ extension Gateway {
                 let answer: JSON = ["request_id": .string(requestID), "model": .string(model), "output": .string(output), "metadata": metadata]
                 record(requestID: requestID, model: model, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "predict")
-                var headers = responseHeaders(base: baseHeaders, route: route, path: path, attempts: attempts, strategy: plan.strategy)
-                headers[.aiproxyCost] = JSON.money(cost).text
-                return JSONResponse.make(answer, headers: headers)
+                var headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
+                                              strategy: plan.strategy, extra: 1)
+                headers.append(HTTPField(name: .aiproxyCost, value: JSON.money(cost).text))
+                return JSONResponse.make(bytes: answer.bytes, completeHeaders: headers)
             }
         } catch {
-            return error.response(extraHeaders: baseHeaders)
+            return error.response(extraHeaders: baseHeaders(requestID))
         }
     }
 

@@ -6,14 +6,17 @@ import NIOCore
 /// Per-request context: the caller's address and, once checked, the name of its API key.
 public struct GatewayContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
-    public var remoteAddress: String?
+    /// The connection, asked for the caller's address only when a limit by IP needs it (formatting the
+    /// address for every request cost an allocation and a lock in NIO).
+    let channel: any Channel
+    public var remoteAddress: String? { channel.remoteAddress?.ipAddress }
     public var apiKeyName: String?
     /// The authenticated key's limits and models (mesh-wide keys carry them).
     public var clientKey: ClientKey?
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
-        self.remoteAddress = source.channel.remoteAddress?.ipAddress
+        self.channel = source.channel
     }
 
     public var maxUploadSize: Int { 10 * 1024 * 1024 }
@@ -49,9 +52,24 @@ enum JSONResponse {
     static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) -> Response {
         var headers = headers
         headers[.contentType] = "application/json"
+        return make(bytes: bytes, status: status, completeHeaders: headers)
+    }
+
+    /// `headers` already carry the content type (the served answers' do): used as they are.
+    static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, completeHeaders headers: HTTPFields) -> Response {
         var buffer = ByteBuffer()
         buffer.writeBytes(bytes)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: buffer))
+    }
+}
+
+extension HTTPFields {
+    /// The first field named `name`. `HTTPFields`' own subscript joins every such field through a lazy
+    /// generic sequence, which costs half a microsecond even for one field; the request path asks for
+    /// single-valued fields only.
+    func first(_ name: HTTPField.Name) -> String? {
+        for field in self where field.name == name { return field.value }
+        return nil
     }
 }
 

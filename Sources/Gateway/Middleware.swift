@@ -38,7 +38,15 @@ struct AuthMiddleware: RouterMiddleware {
     static let publicPaths: Set<String> = ["/health", "/metrics", "/ui", "/aiproxy/keys", "/aiproxy/mesh/revocations"]
     static let apiKeyHeader = HTTPField.Name("x-api-key")!
     /// The endpoints whose handlers verify a hop header against the body.
-    static let forwardablePaths: Set<String> = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/aiproxy/predict"]
+    static let forwardablePaths = ["/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/aiproxy/predict"]
+
+    /// Whether the request's path is one of `forwardablePaths`, read from the request line without
+    /// building a `String` (`request.uri.path` makes one, two allocations a request).
+    static func isForwardable(_ request: Request) -> Bool {
+        let target = request.head.path ?? ""
+        let path = target.firstIndex(of: "?").map { target[..<$0] } ?? target[...]
+        return forwardablePaths.contains { path == $0 }
+    }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard gateway.configuration.security.authEnabled, !AuthMiddleware.publicPaths.contains(request.uri.path) else {
@@ -46,8 +54,8 @@ struct AuthMiddleware: RouterMiddleware {
         }
         // Forwarded by a mesh member: the handler checks the signed hop header against the body
         // (client keys are checked at the entry node only).
-        if gateway.remote != nil, request.headers[.aiproxyHop] != nil, request.headers[.authorization] == nil,
-           AuthMiddleware.forwardablePaths.contains(request.uri.path) {
+        if gateway.remote != nil, request.headers.first(.aiproxyHop) != nil, request.headers.first(.authorization) == nil,
+           AuthMiddleware.isForwardable(request) {
             return try await next(request, context)
         }
         let token: String
@@ -78,7 +86,7 @@ struct RateLimitMiddleware: RouterMiddleware {
     let gateway: Gateway
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard request.method == .post, AuthMiddleware.forwardablePaths.contains(request.uri.path), request.headers[.aiproxyHop] == nil else {
+        guard request.method == .post, AuthMiddleware.isForwardable(request), request.headers.first(.aiproxyHop) == nil else {
             return try await next(request, context)
         }
         if let refusal = limiter.admit(key: context.apiKeyName, ip: context.remoteAddress, override: context.clientKey) {

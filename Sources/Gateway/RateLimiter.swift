@@ -34,7 +34,7 @@ public final class RateLimiter: Sendable {
     var now: Duration { ContinuousClock.now - origin }
 
     /// Admits one request, or the 429 that explains which limit and when to retry.
-    func admit(key: String?, ip: String?, override: ClientKey? = nil) -> APIError? {
+    func admit(key: String?, ip: @autoclosure () -> String?, override: ClientKey? = nil) -> APIError? {
         var subjects: [(id: String, what: String, limits: Limits)] = []
         // Limits a mesh-wide key carries apply even when node-level limiting is off.
         if let override, override.requestsPerMinute != nil || override.tokensPerMinute != nil {
@@ -42,7 +42,7 @@ public final class RateLimiter: Sendable {
                              Limits(requestsPerHour: nil, tokensPerMinute: override.tokensPerMinute, requestsPerMinute: override.requestsPerMinute)))
         }
         if enabled, byKey, let key { subjects.append(("key:\(key)", "API key '\(key)'", keyLimits[key] ?? defaultLimits)) }
-        if enabled, byIP, let ip { subjects.append(("ip:\(ip)", "client \(ip)", defaultLimits)) }
+        if enabled, byIP, let ip = ip() { subjects.append(("ip:\(ip)", "client \(ip)", defaultLimits)) }
         guard !subjects.isEmpty else { return nil }
         return admitSubjects(subjects)
     }

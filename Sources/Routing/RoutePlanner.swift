@@ -59,26 +59,29 @@ public struct RoutePlan: Sendable, Equatable {
 public enum RoutePlanner {
     public static func plan(_ request: PlanRequest, candidates: [RouteCandidate], using random: inout some RandomNumberGenerator) -> RoutePlan {
         var excluded: [(String, String)] = []
-        var eligible: [RouteCandidate] = []
+        // Health tiers: healthy, then degraded (error rate over the threshold), then open breakers,
+        // which are tried only when nothing else is left.
+        var healthy: [RouteCandidate] = []
+        var degraded: [RouteCandidate] = []
+        var open: [RouteCandidate] = []
+        healthy.reserveCapacity(candidates.count)
         for candidate in candidates {
             if let reason = exclusionReason(candidate, request) {
                 excluded.append((candidate.id, reason))
-            } else {
-                eligible.append(candidate)
-            }
-        }
-
-        // Health tiers: healthy, then degraded (error rate over the threshold), then open breakers,
-        // which are tried only when nothing else is left.
-        var tiers: [[RouteCandidate]] = [[], [], []]
-        for candidate in eligible { tiers[tier(of: candidate, request)].append(candidate) }
-        var ordered: [RouteCandidate] = []
-        for (index, tier) in tiers.enumerated() {
-            if index == 2 && !ordered.isEmpty {
-                for candidate in tier { excluded.append((candidate.id, "circuit open")) }
                 continue
             }
-            ordered += order(tier, request, random: &random)
+            switch tier(of: candidate, request) {
+            case 0: healthy.append(candidate)
+            case 1: degraded.append(candidate)
+            default: open.append(candidate)
+            }
+        }
+        var ordered = order(healthy, request, random: &random)
+        if !degraded.isEmpty { ordered += order(degraded, request, random: &random) }
+        if ordered.isEmpty {
+            ordered = order(open, request, random: &random)
+        } else {
+            for candidate in open { excluded.append((candidate.id, "circuit open")) }
         }
         if !request.fallbackChain.isEmpty, ordered.count > 1 {
             ordered = applyFallbackChain(ordered, chain: request.fallbackChain)
