@@ -541,10 +541,18 @@ extension Gateway {
     // MARK: What every response says about how it was served
 
     func path(for route: ExecutableRoute, downstream headers: [(name: String, value: String)]) -> [String] {
+        var path: [String] = []
         if let downstream = headers.first(where: { $0.name.equalsIgnoringASCIICase("x-aiproxy-route") })?.value {
-            return [nodeName] + downstream.split(separator: ",").map { $0.trimmingWhitespace() }
+            let hops = downstream.split(separator: ",")
+            path.reserveCapacity(1 + hops.count)
+            path.append(nodeName)
+            for hop in hops { path.append(hop.trimmingWhitespace()) }
+            return path
         }
-        return [nodeName] + route.pathSuffix
+        path.reserveCapacity(1 + route.pathSuffix.count)
+        path.append(nodeName)
+        path.append(contentsOf: route.pathSuffix)
+        return path
     }
 
     /// A peer's answer: its `x_aiproxy` (its path, attempts and the cost it really charged) and where that

@@ -94,6 +94,30 @@ import Glibc
         }
     }
 
+    /// Request headers reach the upstream as given, long ones and non-ASCII ones included; a header that
+    /// would split the request (a line break in its name or value, a colon in its name) is refused before
+    /// anything is sent.
+    @Test func requestHeaders_arriveWhole_andLineBreaksAreRefused() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let url = mocks[0].baseURL + "/v1/chat/completions"
+            let long = String(repeating: "AbC0+/=", count: 60) + "-é✓"
+            let (head, _) = try await client.send(.post(url, json: chatBody("x").bytes, headers: [("x-long", long), ("X-Mixed-Case", "v")]))
+            #expect(head.status == 200)
+            #expect(mocks[0].lastRequest?.header("x-long") == long)
+            #expect(mocks[0].lastRequest?.header("x-mixed-case") == "v")
+            let sent = mocks[0].requestCount
+            for header in [("x-evil", "a\r\nx-injected: 1"), ("x-evil\r\nx-injected", "1"), ("x-evil:x", "1"), ("x-evil", "a\nb")] {
+                do {
+                    _ = try await client.send(.post(url, json: chatBody("x").bytes, headers: [header]))
+                    Issue.record("a header with a line break or a colon in its name was sent: \(header)")
+                } catch let error as TransferError {
+                    #expect(error.kind == .invalidRequest, "\(error)")
+                }
+            }
+            #expect(mocks[0].requestCount == sent, "nothing was sent")
+        }
+    }
+
     /// Requests of different kinds through one client: nothing of one (method, body, headers) reaches the next.
     /// (Kept from an experiment with reused, reset easy handles, which this test guarded; the pool measured no
     /// gain with `scripts/bench-cpu` and was left out.)
