@@ -9,4 +9,8 @@ static inline int aimesh_sqlite3_bind_text_transient(sqlite3_stmt *stmt, int ind
 static inline int aimesh_sqlite3_bind_blob_transient(sqlite3_stmt *stmt, int index, const void *data, int length) {
     return sqlite3_bind_blob(stmt, index, data, length, SQLITE_TRANSIENT);
 }
+/* SQLITE_STATIC (a null destructor): the caller keeps the bytes in place until the value is cleared. */
+static inline int aimesh_sqlite3_bind_text_static(sqlite3_stmt *stmt, int index, const char *text, int length) {
+    return sqlite3_bind_text(stmt, index, text, length, SQLITE_STATIC);
+}
 #endif

@@ -162,8 +162,14 @@ public final class Gateway: Sendable {
         if configuration.security.corsEnabled {
             router.add(middleware: CORSMiddleware(allowedOrigins: configuration.security.corsAllowedOrigins))
         }
-        router.add(middleware: AuthMiddleware(gateway: self))
-        router.add(middleware: RateLimitMiddleware(limiter: rateLimiter, gateway: self))
+        // Each middleware is one more async layer around every request; these two can only act when keys
+        // are checked (a mesh-wide key's limits ride on an authenticated key) or limits are on.
+        if configuration.security.authEnabled {
+            router.add(middleware: AuthMiddleware(gateway: self))
+        }
+        if configuration.security.authEnabled || configuration.security.rateLimitingEnabled {
+            router.add(middleware: RateLimitMiddleware(limiter: rateLimiter, gateway: self))
+        }
         let disabled = configuration.server.disabledPaths
         func enabled(_ path: String) -> Bool { !disabled.contains(path) }
 

@@ -67,13 +67,14 @@ struct GatewayBench {
     }
 
     static func run() async throws {
-        var requests = 50_000, rounds = 5
+        var requests = 50_000, rounds = 5, withLedger = true
         var arguments = CommandLine.arguments.dropFirst().makeIterator()
         while let argument = arguments.next() {
             switch argument {
             case "--requests": requests = Int(arguments.next() ?? "") ?? requests
             case "--rounds": rounds = Int(arguments.next() ?? "") ?? rounds
-            default: print("usage: gateway-bench [--requests N] [--rounds N]"); exit(2)
+            case "--no-ledger": withLedger = false
+            default: print("usage: gateway-bench [--requests N] [--rounds N] [--no-ledger]"); exit(2)
             }
         }
         let dataDir = NSTemporaryDirectory() + "aimesh-gateway-bench-\(getpid())"
@@ -89,7 +90,7 @@ struct GatewayBench {
         var logger = Logger(label: "bench")
         logger.logLevel = .warning
         let client = CurlClient()
-        let ledger = try Ledger(path: dataDir + "/ledger.sqlite", logger: logger)
+        let ledger = withLedger ? try Ledger(path: dataDir + "/ledger.sqlite", logger: logger) : nil
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, logger: logger, remote: CannedRoutes())
         let responder = gateway.buildRouter().buildResponder()
         let channel = NIOAsyncTestingChannel()
@@ -127,7 +128,7 @@ struct GatewayBench {
         let sorted = perRequest.sorted()
         print(String(format: "median %.2f µs per request (best %.2f)", sorted[sorted.count / 2], sorted[0])
               + (allocations == nil ? "" : String(format: ", %.1f allocations", allocs.sorted()[allocs.count / 2])))
-        ledger.close()
+        ledger?.close()
         client.shutdown()
     }
 }
