@@ -183,7 +183,9 @@ extension Gateway {
             rotation: options.strategy == .roundRobin ? board.nextRotation(for: model) : 0,
             unhealthyThreshold: configuration.routing.loadBalancing.healthAware ? configuration.routing.loadBalancing.unhealthyThreshold : nil)
         var random = FastRandom()
-        let plan = RoutePlanner.plan(request, candidates: routes.map(\.candidate), using: &random)
+        var candidates = routes.map(\.candidate)
+        board.observe(&candidates, now: ContinuousClock.now)
+        let plan = RoutePlanner.plan(request, candidates: candidates, using: &random)
         guard !plan.routes.isEmpty else {
             budget.release(requestID: requestID)
             keyBudgets.release(requestID: requestID)
@@ -359,7 +361,7 @@ extension Gateway {
                                           strategy: plan.strategy, extra: 3)
             if cacheKey != nil { headers.append(HTTPField(name: .aiproxyCache, value: "miss")) }
             headers.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
-            headers.append(HTTPField(name: .aiproxyLatency, value: String(latency.millisecondsRounded)))
+            headers.append(HTTPField(name: .aiproxyLatency, value: latency.millisecondsRoundedText))
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                    upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
             return JSONResponse.make(bytes: body, completeHeaders: headers)
@@ -636,7 +638,7 @@ extension Gateway {
     func responseHeaders(requestID: String, contentType: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord],
                          strategy: RoutingStrategy, extra: Int = 2) -> HTTPFields {
         var headers = HTTPFields()
-        headers.reserveCapacity(7 + extra)
+        headers.reserveCapacity(8 + extra)  // and content-length, which JSONResponse appends
         headers.append(HTTPField(name: .contentType, value: contentType))
         headers.append(HTTPField(name: .aiproxyRequestID, value: requestID))
         headers.append(HTTPField(name: .aiproxyNode, value: nodeName))

@@ -294,13 +294,14 @@ public final class Gateway: Sendable {
         return .failure(APIError.unauthorized("invalid API key"))
     }
 
-    /// Local routes plus peer routes for a model, with live observations.
+    /// Local routes plus peer routes for a model, as configured and advertised (the planner's candidates
+    /// get this node's live observations, `RouteBoard.observe`). The catalog's array is shared, not copied,
+    /// when no peer serves the model.
     func routes(for model: String, visited: [String]) -> [ExecutableRoute] {
-        var routes = catalog.routes(for: model)
-        if let remote { routes += remote.routes(for: model, visited: visited) }
-        let now = ContinuousClock.now
-        for index in routes.indices { routes[index].candidate = board.observe(routes[index].candidate, now: now) }
-        return routes
+        let local = catalog.routes(for: model)
+        guard let remote else { return local }
+        let peers = remote.routes(for: model, visited: visited)
+        return peers.isEmpty ? local : local + peers
     }
 
     /// Every model name served here or by a peer.

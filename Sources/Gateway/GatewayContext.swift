@@ -55,8 +55,11 @@ enum JSONResponse {
         return make(bytes: bytes, status: status, completeHeaders: headers)
     }
 
-    /// `headers` already carry the content type (the served answers' do): used as they are.
+    /// `headers` already carry the content type (the served answers' do): used as they are, with the
+    /// length appended (Hummingbird would otherwise search the fields for it and set it by name).
     static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, completeHeaders headers: HTTPFields) -> Response {
+        var headers = headers
+        headers.append(HTTPField(name: .contentLength, value: String(bytes.count)))
         var buffer = ByteBuffer()
         buffer.writeBytes(bytes)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: buffer))

@@ -22,6 +22,12 @@ public struct AttemptRecord: Sendable {
 extension Duration {
     /// Milliseconds with three decimals.
     public var millisecondsRounded: Double { (millisecondsDouble * 1000).rounded() / 1000 }
+
+    /// `String(millisecondsRounded)` ("2.961", "3.0"), without the general double-to-text search.
+    public var millisecondsRoundedText: String {
+        let value = millisecondsRounded
+        return JSON.thousandthsText(value) ?? String(value)
+    }
 }
 
 /// Runs a plan: tries routes in order before the first byte reaches the client, with per-attempt

@@ -38,16 +38,16 @@ public final class RouteBoard: Sendable {
         self.breakerSettings = breakerSettings
     }
 
-    /// The candidate with this node's live observations filled in.
-    public func observe(_ candidate: RouteCandidate, now: ContinuousClock.Instant) -> RouteCandidate {
+    /// Fills in this node's live observations of each candidate, in place and under one lock.
+    public func observe(_ candidates: inout [RouteCandidate], now: ContinuousClock.Instant) {
         stats.withLock { all in
-            var candidate = candidate
-            guard let entry = all[candidate.id] else { return candidate }
-            candidate.expectedLatency = entry.latencyEWMA ?? candidate.expectedLatency
-            candidate.inFlight = entry.inFlight
-            candidate.errorRate = max(entry.errorRate(at: now), candidate.errorRate)
-            candidate.breaker = entry.breaker.peek(at: now)
-            return candidate
+            for index in candidates.indices {
+                guard let entry = all[candidates[index].id] else { continue }
+                candidates[index].expectedLatency = entry.latencyEWMA ?? candidates[index].expectedLatency
+                candidates[index].inFlight = entry.inFlight
+                candidates[index].errorRate = max(entry.errorRate(at: now), candidates[index].errorRate)
+                candidates[index].breaker = entry.breaker.peek(at: now)
+            }
         }
     }
 

@@ -16,7 +16,48 @@ public enum JSON: Sendable, Hashable {
     public static func double(_ value: Double) -> JSON {
         guard value.isFinite else { return .null }
         if value == value.rounded(), abs(value) < 1e15 { return .number(String(Int64(value))) }
-        return .number(String(describing: value))
+        return .number(thousandthsText(value) ?? String(describing: value))
+    }
+
+    /// `value` as `String(describing:)` writes it, when it is a whole number of thousandths below a billion
+    /// in magnitude and not a whole number (latencies in milliseconds, several a request): the digits come
+    /// from an integer instead of the general shortest-representation search. Such a value is the double
+    /// nearest to `n / 1000`, and far coarser than its spacing, so that decimal with its trailing zeros
+    /// trimmed is its shortest representation. nil for any other value.
+    public static func thousandthsText(_ value: Double) -> String? {
+        guard abs(value) < 1e9 else { return nil }
+        let scaled = (value * 1000).rounded()
+        guard scaled / 1000 == value else { return nil }
+        let thousandths = Int64(scaled).magnitude
+        var fraction = Int(thousandths % 1000)
+        guard fraction != 0 else { return nil }
+        var digits = 3
+        while fraction % 10 == 0 {
+            fraction /= 10
+            digits -= 1
+        }
+        // sign, up to 9 whole digits, the point, up to 3 fraction digits
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { buffer in
+            var end = 16
+            for _ in 0..<digits {
+                end -= 1
+                buffer[end] = UInt8(ascii: "0") + UInt8(fraction % 10)
+                fraction /= 10
+            }
+            end -= 1
+            buffer[end] = UInt8(ascii: ".")
+            var whole = thousandths / 1000
+            repeat {
+                end -= 1
+                buffer[end] = UInt8(ascii: "0") + UInt8(whole % 10)
+                whole /= 10
+            } while whole > 0
+            if value < 0 {
+                end -= 1
+                buffer[end] = UInt8(ascii: "-")
+            }
+            return String(decoding: UnsafeBufferPointer(rebasing: buffer[end...]), as: UTF8.self)
+        }
     }
 
     /// A dollar amount, rounded to 1e-12 so that sums do not print as 9.699999999999999e-06.

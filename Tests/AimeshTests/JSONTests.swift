@@ -1,4 +1,5 @@
 import MeshCore
+import Gateway
 import Testing
 
 @Suite struct JSONTests {
@@ -138,5 +139,35 @@ import Testing
         #expect("abc".trimmingWhitespace() == "abc" && "   ".trimmingWhitespace() == "" && "".trimmingWhitespace() == "")
         #expect("x, y ,z".split(separator: ",").map { $0.trimmingWhitespace() } == ["x", "y", "z"])
         #expect(" é \u{00A0}".trimmingWhitespace() == "é")
+    }
+}
+
+/// Latencies are written several times a request, through a fast path for whole thousandths; it must
+/// write exactly what Swift's own `description` writes.
+@Suite struct ThousandthsTextTests {
+    @Test func wholeThousandths_writeAsSwiftsDescription() {
+        var values: [Double] = []
+        for n in 0..<20_000 { values.append(Double(n) / 1000) }
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<50_000 { values.append(Double(Int64.random(in: -999_999_999_999...999_999_999_999, using: &random)) / 1000) }
+        for ms in [0.0005, 1.2345, 60_123.4567, 0.1 + 0.2] { values.append((ms * 1000).rounded() / 1000) }
+        values += [999_999_999.999, -999_999_999.999, 0.001, -0.001, 1.1, 100.01]
+        for value in values {
+            let expected = String(describing: value)
+            if let fast = JSON.thousandthsText(value) {
+                #expect(fast == expected, "\(value)")
+            } else {
+                #expect(value == value.rounded(), "only whole numbers fall back in this range: \(value)")
+            }
+            let json = JSON.double(value).text
+            #expect(json == (value == value.rounded() ? String(Int64(value)) : expected), "\(value)")
+            if value >= 0 {
+                let duration = Duration.nanoseconds(Int64((value * 1_000_000).rounded()))
+                #expect(duration.millisecondsRoundedText == String(duration.millisecondsRounded), "\(value)")
+            }
+        }
+        // Outside the fast path: not thousandths, or too large.
+        #expect(JSON.thousandthsText(0.0001) == nil && JSON.thousandthsText(1.23456) == nil && JSON.thousandthsText(2e9 + 0.5) == nil)
+        #expect(JSON.double(1.23456).text == "1.23456" && JSON.double(2e9 + 0.5).text == "2000000000.5")
     }
 }
