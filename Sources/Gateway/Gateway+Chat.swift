@@ -561,9 +561,12 @@ extension Gateway {
     /// value's bytes are, so the answer passes on spliced, never parsed again or re-encoded. Answers from
     /// this node's own providers carry no `x_aiproxy` and are not looked at.
     struct PeerAnswer {
-        var info: JSON
+        /// Where the peer's `x_aiproxy` object is in its answer.
         var infoRange: Range<Int>
-        var cost: Double? { info["cost"]?.doubleValue }
+        /// What the peer says it really charged (`x_aiproxy.cost`).
+        var cost: Double?
+
+        static let infoMembers: Set<String> = ["cost"]
 
         /// The answer without the peer's `x_aiproxy`, as the cache keeps it (re-encoded; only on a store).
         func withoutInfo(_ bytes: [UInt8]) -> [UInt8] {
@@ -579,12 +582,15 @@ extension Gateway {
         return peerAnswer(bytes, topLevel: topLevel)
     }
 
+    /// Only `x_aiproxy.cost` is built: the rest of the peer's `x_aiproxy` (its route, attempts, tokens) is
+    /// checked and moved on as bytes, never made into a tree.
     static func peerAnswer(_ bytes: [UInt8], topLevel: JSONParser.TopLevel? = nil) -> PeerAnswer? {
-        guard let parsed = topLevel ?? (try? JSONParser.parseTopLevelObject(bytes)),
-              let info = parsed.object["x_aiproxy"], let range = parsed.valueRanges["x_aiproxy"],
-              range.lowerBound >= 0, range.upperBound <= bytes.count, case .object = info
+        guard let parsed = topLevel ?? (try? JSONParser.parseTopLevelObject(bytes, keeping: [])),
+              let range = parsed.valueRanges["x_aiproxy"], range.lowerBound >= 0, range.upperBound <= bytes.count,
+              bytes[range.lowerBound] == UInt8(ascii: "{"),
+              let info = try? JSONParser.parseTopLevelObject(Array(bytes[range]), keeping: PeerAnswer.infoMembers)
         else { return nil }
-        return PeerAnswer(info: info, infoRange: range)
+        return PeerAnswer(infoRange: range, cost: info.object["cost"]?.doubleValue)
     }
 
     /// Adds `x_aiproxy` to a JSON object given as bytes: spliced before the closing brace, or, for a

@@ -157,10 +157,14 @@ struct PeerWatchedAdapter: ProviderAdapter {
     /// death aborts its transfer, which fails with a connect error the executor fails over from. A callback
     /// the mesh calls, not a task racing the forward: no child tasks, no extra hops between threads.
     private func watched<T>(_ signal: AbortSignal, _ operation: () async throws -> T) async throws -> T {
-        let message = "\(peerName) became unreachable (the mesh declared it dead) before it answered"
-        let watch = service.onGone(peer) { signal.fire(message) }
+        // The message is written only if the peer dies: most forwards never need it.
+        let watch = service.onGone(peer) { [peerName] in signal.fire(PeerWatchedAdapter.goneMessage(peerName)) }
         defer { watch.cancel() }
-        if signal.reason != nil { throw ProviderFailure(kind: .connect, message: message) }
+        if signal.reason != nil { throw ProviderFailure(kind: .connect, message: PeerWatchedAdapter.goneMessage(peerName)) }
         return try await operation()
+    }
+
+    static func goneMessage(_ peerName: String) -> String {
+        "\(peerName) became unreachable (the mesh declared it dead) before it answered"
     }
 }

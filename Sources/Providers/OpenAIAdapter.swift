@@ -66,9 +66,10 @@ public struct OpenAIAdapter: ProviderAdapter {
         return .stream(OpenAIStream(response: response, request: request))
     }
 
-    /// What an answer's bytes are read for: its usage and, from a peer, its `x_aiproxy`. The rest (the
-    /// choices' text) is checked but not built: the bytes pass through to the client as they came.
-    static let answerMembers: Set<String> = ["usage", "x_aiproxy"]
+    /// What an answer's bytes are read for: its usage. The rest (the choices' text, a peer's `x_aiproxy`,
+    /// whose cost the gateway reads from its range) is checked but not built: the bytes pass through to
+    /// the client as they came.
+    static let answerMembers: Set<String> = ["usage"]
 
     package static func completed(_ bytes: [UInt8], request: ChatRequest, providerName: String) throws(ProviderFailure) -> CompletedResponse {
         let parsed: JSONParser.TopLevel

@@ -254,9 +254,14 @@ public final class MeshService: Service, Sendable {
     }
 
     private func disarm(_ waiter: GoneWaiter, for node: NodeID) {
+        // The node's (now perhaps empty) list stays, with its capacity, for the next forward to it: removing
+        // it allocated a new one per request. Lists go when their node dies (`wakeGoneWaiters`).
+        // A node that was already gone when its watch was armed is never woken again; past a few thousand
+        // nodes the empty lists are swept.
         goneWaiters.withLock { waiters in
-            waiters[node]?.removeAll { $0 === waiter }
-            if waiters[node]?.isEmpty == true { waiters[node] = nil }
+            guard let index = waiters.index(forKey: node) else { return }
+            waiters.values[index].removeAll { $0 === waiter }
+            if waiters.count > 4096 { waiters = waiters.filter { !$0.value.isEmpty } }
         }
     }
 

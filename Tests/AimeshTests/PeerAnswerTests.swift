@@ -35,6 +35,17 @@ import Testing
         #expect(json["usage"] == .null)
         #expect(json["x_aiproxy"]?["downstream"]?["node"]?.stringValue == "c")
         #expect(answer.withoutInfo(bytes) == Array(#"{"choices":[],"usage":null}"#.utf8), "what the cache keeps")
+        #expect(answer.cost == nil, "no cost in this x_aiproxy")
+    }
+
+    /// Only `x_aiproxy.cost` is read from a peer's `x_aiproxy`; one that is not an object is no peer answer,
+    /// and one with a nested cost elsewhere still gives the top-level cost.
+    @Test func peersInfo_costIsReadFromItsOwnMember() throws {
+        #expect(Gateway.peerAnswer(Array(#"{"x_aiproxy":5,"choices":[]}"#.utf8)) == nil)
+        #expect(Gateway.peerAnswer(Array(#"{"x_aiproxy":[{"cost":1}],"choices":[]}"#.utf8)) == nil)
+        #expect(Gateway.peerAnswer(Array(#"{"choices":[]}"#.utf8)) == nil)
+        let nested = Array(#"{"x_aiproxy":{"downstream":{"cost":9},"attempts":[{"cost":7}],"cost":0.125},"choices":[]}"#.utf8)
+        #expect(Gateway.peerAnswer(nested)?.cost == 0.125)
     }
 
     /// `x_aiproxy` as the gateway built it before it was written directly: a `JSON` tree, member by member.
