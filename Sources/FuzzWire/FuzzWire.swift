@@ -42,6 +42,13 @@ public func fuzzWire(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             precondition(built.valueRanges == checked.valueRanges && built.closingBrace == checked.closingBrace, "keeping: other ranges")
             precondition(built.object["usage"] == checked.object["usage"], "keeping: another value for a kept member")
         }
+        // Nor may leaving the ranges out (a stream's events): same verdict, same members, same braces.
+        let unranged = try? JSONParser.parseTopLevelObject(bytes, keeping: ["usage"], recordingRanges: false)
+        precondition((built == nil) == (unranged == nil), "without ranges: accepted \(unranged != nil), building: \(built != nil)")
+        if let checked, let unranged {
+            precondition(unranged.valueRanges.isEmpty && unranged.object == checked.object && unranged.closingBrace == checked.closingBrace,
+                         "without ranges: another object")
+        }
     case .sse:
         // In two pieces, split where the first byte says: events straddle reads in real streams.
         var parser = SSEParser()

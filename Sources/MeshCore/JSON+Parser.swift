@@ -56,9 +56,12 @@ public struct JSONParser {
     /// checked just as strictly (a malformed answer is refused either way) and keeps its range in
     /// `valueRanges`, but builds no tree: an answer that passes through, read only for its `usage`,
     /// costs no allocation for its text.
-    public static func parseTopLevelObject(_ bytes: [UInt8], limits: Limits = Limits(), keeping: Set<String>? = nil) throws(JSONParseError) -> TopLevel {
+    /// `recordingRanges: false` leaves `valueRanges` empty, for a caller that only reads `object` (each
+    /// event of a stream): the table of ranges was the larger part of such a parse's memory.
+    public static func parseTopLevelObject(_ bytes: [UInt8], limits: Limits = Limits(), keeping: Set<String>? = nil,
+                                           recordingRanges: Bool = true) throws(JSONParseError) -> TopLevel {
         try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var parser = Cursor(buffer, limits: limits, recordTopLevel: true)
+            var parser = Cursor(buffer, limits: limits, recordTopLevel: true, recordRanges: recordingRanges)
             parser.keeping = keeping
             let value = try parser.parseDocument()
             guard case .object(let object) = value else {
@@ -88,16 +91,19 @@ private struct Cursor {
     /// Top-level members to build; the others are only checked (`skipValue`). Nil: all.
     var keeping: Set<String>?
     var topLevelRanges: [String: Range<Int>] = [:]
+    /// Whether `topLevelRanges` is filled in (the top level's braces are found either way).
+    let recordRanges: Bool
     var topLevelOpen = 0
     var topLevelClose = 0
     var scratch: [UInt8] = []
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>, limits: JSONParser.Limits, recordTopLevel: Bool) {
+    init(_ bytes: UnsafeBufferPointer<UInt8>, limits: JSONParser.Limits, recordTopLevel: Bool, recordRanges: Bool = true) {
         self.bytes = bytes
         self.limits = limits
         self.recordTopLevel = recordTopLevel
+        self.recordRanges = recordTopLevel && recordRanges
         // A request or an answer has a dozen top-level members at most: one allocation, no regrowth.
-        if recordTopLevel { topLevelRanges.reserveCapacity(16) }
+        if self.recordRanges { topLevelRanges.reserveCapacity(16) }
     }
 
     func error(at offset: Int, _ reason: String) -> JSONParseError {
@@ -206,10 +212,10 @@ private struct Cursor {
             let valueStart = index
             if isTop, let keeping, !keeping.contains(key) {
                 try skipValue(depth: depth)
-                topLevelRanges[key] = valueStart..<index
+                if recordRanges { topLevelRanges[key] = valueStart..<index }
             } else {
                 let value = try parseValue(depth: depth)
-                if isTop { topLevelRanges[key] = valueStart..<index }
+                if isTop && recordRanges { topLevelRanges[key] = valueStart..<index }
                 members.append(JSONObject.Member(key: key, value: value))
             }
             skipWhitespace()

@@ -95,6 +95,8 @@ import Testing
         let kept = try JSONParser.parseTopLevelObject(Array(good.utf8), keeping: ["usage"])
         #expect(kept.object.count == 1 && kept.object["usage"] == full.object["usage"])
         #expect(kept.valueRanges == full.valueRanges && kept.closingBrace == full.closingBrace && kept.afterOpeningBrace == full.afterOpeningBrace)
+        let unranged = try JSONParser.parseTopLevelObject(Array(good.utf8), keeping: ["usage"], recordingRanges: false)
+        #expect(unranged.valueRanges.isEmpty && unranged.object == kept.object && unranged.closingBrace == full.closingBrace)
         let bad = [
             #"{"choices":[1,]}"#, #"{"choices":{"a" 1}}"#, #"{"choices":"\x"}"#, #"{"choices":"\ud800"}"#, #"{"choices":"\udc00x"}"#,
             #"{"choices":01}"#, #"{"choices":1.}"#, #"{"choices":-}"#, #"{"choices":tru}"#, #"{"choices":"a"#, #"{"choices":[[[["#,
@@ -102,6 +104,9 @@ import Testing
         ]
         for text in bad {
             #expect(throws: JSONParseError.self, "\(text)") { try JSONParser.parseTopLevelObject(Array(text.utf8), keeping: ["usage"]) }
+            #expect(throws: JSONParseError.self, "\(text)") {
+                try JSONParser.parseTopLevelObject(Array(text.utf8), keeping: ["usage"], recordingRanges: false)
+            }
             #expect(throws: JSONParseError.self, "\(text)") { try JSONParser.parseTopLevelObject(Array(text.utf8)) }
         }
         // Invalid UTF-8 (a lone continuation byte, an overlong, a surrogate) in a skipped string, and depth.

@@ -220,3 +220,23 @@ import Testing
         }
     }
 }
+
+/// A stream's events are read for their error, usage and choices only; the rest is checked, not built.
+@Suite struct StreamEventTests {
+    @Test func streamEvent_buildsWhatIsRead_andChecksTheRest() throws {
+        let chunk = Array(#" {"id":"chatcmpl-0123456789abcdef","object":"chat.completion.chunk","created":1,"model":"a-model-with-a-long-name","system_fingerprint":"fp_0123456789","choices":[{"index":0,"delta":{"content":"hé"},"finish_reason":null}],"usage":null}"#.utf8)
+        let event = try OpenAIStream.parseEvent(chunk)
+        let full = try JSONParser.parse(chunk)
+        #expect(event["choices"] == full["choices"] && event["usage"] == full["usage"])
+        #expect(event["id"] == nil && event["model"] == nil, "not built")
+        let error = try OpenAIStream.parseEvent(Array(#"{"error":{"message":"overloaded"},"id":"x"}"#.utf8))
+        #expect(error["error"]?["message"]?.stringValue == "overloaded")
+        // Not an object: read as before (nothing in it is an error, usage or choice).
+        #expect(try OpenAIStream.parseEvent(Array("[1,2]".utf8)) == JSONParser.parse(Array("[1,2]".utf8)))
+        #expect(try OpenAIStream.parseEvent(Array(#""text""#.utf8)) == .string("text"))
+        // Malformed anywhere, built or skipped, is refused.
+        for bad in [#"{"id":"x","choices":[}"#, #"{"model":"\x","choices":[]}"#, #"{"choices":[]"#, #"{"id":01}"#] {
+            #expect(throws: JSONParseError.self, "\(bad)") { try OpenAIStream.parseEvent(Array(bad.utf8)) }
+        }
+    }
+}
