@@ -113,20 +113,22 @@ public final class SQLiteDatabase: @unchecked Sendable {
         public func bind(_ values: [SQLiteValue]) throws(SQLiteError) {
             sqlite3_reset(statement)
             sqlite3_clear_bindings(statement)
-            for (offset, value) in values.enumerated() {
-                let index = Int32(offset + 1)
-                let status: Int32
-                switch value {
-                case .null: status = sqlite3_bind_null(statement, index)
-                case .integer(let int): status = sqlite3_bind_int64(statement, index, int)
-                case .real(let double): status = sqlite3_bind_double(statement, index, double)
-                case .text(let text):
-                    status = text.withCString { aimesh_sqlite3_bind_text_transient(statement, index, $0, Int32(strlen($0))) }
-                case .blob(let bytes):
-                    status = bytes.withUnsafeBytes { aimesh_sqlite3_bind_blob_transient(statement, index, $0.baseAddress, Int32(bytes.count)) }
-                }
-                guard status == SQLITE_OK else { throw database.error(status) }
+            for (offset, value) in values.enumerated() { try bind(value, at: Int32(offset + 1)) }
+        }
+
+        /// One value (texts and blobs copied by SQLite).
+        func bind(_ value: SQLiteValue, at index: Int32) throws(SQLiteError) {
+            let status: Int32
+            switch value {
+            case .null: status = sqlite3_bind_null(statement, index)
+            case .integer(let int): status = sqlite3_bind_int64(statement, index, int)
+            case .real(let double): status = sqlite3_bind_double(statement, index, double)
+            case .text(let text):
+                status = text.withCString { aimesh_sqlite3_bind_text_transient(statement, index, $0, Int32(strlen($0))) }
+            case .blob(let bytes):
+                status = bytes.withUnsafeBytes { aimesh_sqlite3_bind_blob_transient(statement, index, $0.baseAddress, Int32(bytes.count)) }
             }
+            guard status == SQLITE_OK else { throw database.error(status) }
         }
 
         /// Binds a row assembled in `row` (texts pointing into its one buffer, not copied by SQLite), runs
@@ -142,15 +144,13 @@ public final class SQLiteDatabase: @unchecked Sendable {
                 let base = UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!)
                 for (offset, column) in row.columns.enumerated() {
                     let index = Int32(offset + 1)
-                    let status: Int32
                     switch column {
-                    case .null: status = sqlite3_bind_null(statement, index)
-                    case .integer(let int): status = sqlite3_bind_int64(statement, index, int)
-                    case .real(let double): status = sqlite3_bind_double(statement, index, double)
+                    case .value(let value):
+                        try bind(value, at: index)
                     case .text(let start, let count):
-                        status = aimesh_sqlite3_bind_text_static(statement, index, (base + start).assumingMemoryBound(to: CChar.self), Int32(count))
+                        let status = aimesh_sqlite3_bind_text_static(statement, index, (base + start).assumingMemoryBound(to: CChar.self), Int32(count))
+                        guard status == SQLITE_OK else { throw database.error(status) }
                     }
-                    guard status == SQLITE_OK else { throw database.error(status) }
                 }
                 while try step() {}
             }
@@ -205,9 +205,8 @@ import Darwin
 /// `String` for each value came first: about twenty allocations a row on the ledger's thread.
 struct RowBinder {
     enum Column {
-        case null
-        case integer(Int64)
-        case real(Double)
+        /// A value that carries no text: null, an integer or a real.
+        case value(SQLiteValue)
         /// Bytes `start ..< start + count` of `scratch`.
         case text(start: Int, count: Int)
     }
@@ -220,9 +219,9 @@ struct RowBinder {
         columns.removeAll(keepingCapacity: true)
     }
 
-    mutating func null() { columns.append(.null) }
-    mutating func integer(_ value: Int64) { columns.append(.integer(value)) }
-    mutating func real(_ value: Double) { columns.append(.real(value)) }
+    mutating func null() { columns.append(.value(.null)) }
+    mutating func integer(_ value: Int64) { columns.append(.value(.integer(value))) }
+    mutating func real(_ value: Double) { columns.append(.value(.real(value))) }
 
     mutating func text(_ value: String) {
         let start = scratch.count
