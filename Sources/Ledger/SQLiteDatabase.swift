@@ -136,11 +136,13 @@ public final class SQLiteDatabase: @unchecked Sendable {
         func run(_ row: RowBinder) throws(SQLiteError) {
             sqlite3_reset(statement)
             sqlite3_clear_bindings(statement)
-            defer {
-                sqlite3_reset(statement)
-                sqlite3_clear_bindings(statement)
-            }
             try row.scratch.withUnsafeBufferPointer { (bytes: UnsafeBufferPointer<UInt8>) throws(SQLiteError) in
+                // SQLite holds the buffer's addresses until the bindings are cleared: before the pointer's scope
+                // ends, whether the row went in or failed.
+                defer {
+                    sqlite3_reset(statement)
+                    sqlite3_clear_bindings(statement)
+                }
                 let base = UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!)
                 for (offset, column) in row.columns.enumerated() {
                     let index = Int32(offset + 1)
