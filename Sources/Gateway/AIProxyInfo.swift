@@ -33,13 +33,7 @@ struct AIProxyInfo: Sendable {
         key("node"); string(node)
         key("provider"); string(provider)
         key("upstream_model"); string(upstreamModel)
-        key("route")
-        out.append(UInt8(ascii: "["))
-        for (index, hop) in route.enumerated() {
-            if index > 0 { out.append(UInt8(ascii: ",")) }
-            string(hop)
-        }
-        out.append(UInt8(ascii: "]"))
+        key("route"); JSON.encodeStrings(route, into: &out)
         key("strategy"); string(strategy)
         key("attempts")
         AIProxyInfo.encode(attempts, into: &out)

@@ -332,15 +332,7 @@ public final class Ledger: Sendable {
         row.integer(entry.timestampMillis)
         row.text(entry.apiKey)
         row.text(entry.model)
-        // The route as a JSON array of strings, as `JSON.array(route.map(JSON.string)).text` spells it.
-        row.text { out in
-            out.append(UInt8(ascii: "["))
-            for (index, hop) in entry.route.enumerated() {
-                if index > 0 { out.append(UInt8(ascii: ",")) }
-                JSON.encodeString(hop, into: &out)
-            }
-            out.append(UInt8(ascii: "]"))
-        }
+        row.text { JSON.encodeStrings(entry.route, into: &$0) }  // the route as a JSON array of strings
         row.text(entry.provider)
         row.text(entry.node)
         row.text(entry.fromNode)

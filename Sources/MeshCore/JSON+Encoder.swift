@@ -32,6 +32,17 @@ extension JSON {
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
+    /// Appends a JSON array of strings (`["a","b"]`, no spaces), as `JSON.array(strings.map(JSON.string))`
+    /// encodes it, without building the tree.
+    public static func encodeStrings(_ strings: [String], into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "["))
+        for (index, string) in strings.enumerated() {
+            if index > 0 { out.append(UInt8(ascii: ",")) }
+            encodeString(string, into: &out)
+        }
+        out.append(UInt8(ascii: "]"))
+    }
+
     /// Appends a JSON string literal, escaping quotes, backslashes and control characters.
     public static func encodeString(_ string: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))

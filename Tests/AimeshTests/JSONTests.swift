@@ -176,3 +176,14 @@ import Testing
         #expect(JSON.double(1.23456).text == "1.23456" && JSON.double(2e9 + 0.5).text == "2000000000.5")
     }
 }
+
+@Suite struct EncodeStringsTests {
+    /// The direct writer of a string array (x_aiproxy's route, the ledger's route column) spells what the tree does.
+    @Test func stringArray_writtenDirectly_matchesItsTree() {
+        for strings in [[], ["a"], ["edge", "gpu \"box\"", "back\\slash", "tab\there", "é✓", "\u{01}"]] as [[String]] {
+            var out: [UInt8] = []
+            JSON.encodeStrings(strings, into: &out)
+            #expect(out == JSON.array(strings.map(JSON.string)).bytes, "\(strings)")
+        }
+    }
+}
