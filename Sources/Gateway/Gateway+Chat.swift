@@ -583,12 +583,13 @@ extension Gateway {
     }
 
     /// Only `x_aiproxy.cost` is built: the rest of the peer's `x_aiproxy` (its route, attempts, tokens) is
-    /// checked and moved on as bytes, never made into a tree.
+    /// moved on as bytes, never made into a tree. Its value is read where it lies, in place (the parser
+    /// builds kept members only at the top level, so the cost takes this second, skipping pass over the
+    /// few hundred bytes of `x_aiproxy`); one that is not an object is no peer's answer.
     static func peerAnswer(_ bytes: [UInt8], topLevel: JSONParser.TopLevel? = nil) -> PeerAnswer? {
         guard let parsed = topLevel ?? (try? JSONParser.parseTopLevelObject(bytes, keeping: [])),
               let range = parsed.valueRanges["x_aiproxy"], range.lowerBound >= 0, range.upperBound <= bytes.count,
-              bytes[range.lowerBound] == UInt8(ascii: "{"),
-              let info = try? JSONParser.parseTopLevelObject(Array(bytes[range]), keeping: PeerAnswer.infoMembers)
+              let info = try? JSONParser.parseTopLevelObject(bytes[range], keeping: PeerAnswer.infoMembers, recordingRanges: false)
         else { return nil }
         return PeerAnswer(infoRange: range, cost: info.object["cost"]?.doubleValue)
     }

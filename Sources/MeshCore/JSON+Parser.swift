@@ -61,19 +61,33 @@ public struct JSONParser {
     public static func parseTopLevelObject(_ bytes: [UInt8], limits: Limits = Limits(), keeping: Set<String>? = nil,
                                            recordingRanges: Bool = true) throws(JSONParseError) -> TopLevel {
         try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var parser = Cursor(buffer, limits: limits, recordTopLevel: true, recordRanges: recordingRanges)
-            parser.keeping = keeping
-            let value = try parser.parseDocument()
-            guard case .object(let object) = value else {
-                throw parser.error(at: 0, "expected a JSON object at the top level, found \(value.typeName)")
-            }
-            return TopLevel(
-                object: object,
-                valueRanges: parser.topLevelRanges,
-                closingBrace: parser.topLevelClose,
-                afterOpeningBrace: parser.topLevelOpen
-            )
+            try parseTopLevelObject(buffer, limits: limits, keeping: keeping, recordingRanges: recordingRanges)
         }
+    }
+
+    /// The same over part of a larger buffer (a member's value) without copying it out; offsets in the
+    /// result count from the slice's first byte.
+    public static func parseTopLevelObject(_ bytes: ArraySlice<UInt8>, limits: Limits = Limits(), keeping: Set<String>? = nil,
+                                           recordingRanges: Bool = true) throws(JSONParseError) -> TopLevel {
+        try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            try parseTopLevelObject(buffer, limits: limits, keeping: keeping, recordingRanges: recordingRanges)
+        }
+    }
+
+    private static func parseTopLevelObject(_ buffer: UnsafeBufferPointer<UInt8>, limits: Limits, keeping: Set<String>?,
+                                            recordingRanges: Bool) throws(JSONParseError) -> TopLevel {
+        var parser = Cursor(buffer, limits: limits, recordTopLevel: true, recordRanges: recordingRanges)
+        parser.keeping = keeping
+        let value = try parser.parseDocument()
+        guard case .object(let object) = value else {
+            throw parser.error(at: 0, "expected a JSON object at the top level, found \(value.typeName)")
+        }
+        return TopLevel(
+            object: object,
+            valueRanges: parser.topLevelRanges,
+            closingBrace: parser.topLevelClose,
+            afterOpeningBrace: parser.topLevelOpen
+        )
     }
 }
 

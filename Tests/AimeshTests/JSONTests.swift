@@ -95,6 +95,11 @@ import Testing
         let kept = try JSONParser.parseTopLevelObject(Array(good.utf8), keeping: ["usage"])
         #expect(kept.object.count == 1 && kept.object["usage"] == full.object["usage"])
         #expect(kept.valueRanges == full.valueRanges && kept.closingBrace == full.closingBrace && kept.afterOpeningBrace == full.afterOpeningBrace)
+        // Over a slice of a larger buffer: the same members, offsets counted from the slice's first byte.
+        let padded = Array("xx".utf8) + Array(good.utf8) + Array("yy".utf8)
+        let sliced = try JSONParser.parseTopLevelObject(padded[2..<(padded.count - 2)], keeping: ["usage"])
+        #expect(sliced.object == kept.object && sliced.valueRanges == full.valueRanges && sliced.closingBrace == full.closingBrace)
+        #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(padded[0..<(padded.count - 2)]) }
         let unranged = try JSONParser.parseTopLevelObject(Array(good.utf8), keeping: ["usage"], recordingRanges: false)
         #expect(unranged.valueRanges.isEmpty && unranged.object == kept.object && unranged.closingBrace == full.closingBrace)
         let bad = [
