@@ -261,7 +261,7 @@ public final class MeshService: Service, Sendable {
         goneWaiters.withLock { waiters in
             guard let index = waiters.index(forKey: node) else { return }
             waiters.values[index].removeAll { $0 === waiter }
-            if waiters.count > 4096 { waiters = waiters.filter { !$0.value.isEmpty } }
+            if waiters.values[index].isEmpty && waiters.count > 4096 { waiters = waiters.filter { !$0.value.isEmpty } }
         }
     }
 
