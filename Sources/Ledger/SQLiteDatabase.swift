@@ -143,6 +143,8 @@ public final class SQLiteDatabase: @unchecked Sendable {
                     sqlite3_reset(statement)
                     sqlite3_clear_bindings(statement)
                 }
+                // An empty buffer (no text in the row, or only empty ones) has no address; SQLite reads nothing of
+                // a zero-length text, so any non-null pointer serves.
                 let base = UnsafeRawPointer(bytes.baseAddress ?? UnsafePointer(bitPattern: 1)!)
                 for (offset, column) in row.columns.enumerated() {
                     let index = Int32(offset + 1)
