@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     ],
     targets: [
         // C libraries, each behind one small Swift wrapper module.
@@ -73,7 +74,11 @@ let package = Package(
             dependencies: [
                 "MeshCore", "NodeConfig", "Routing", "Providers", "Ledger", "CurlHTTP", "Sodium",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -97,6 +102,7 @@ let package = Package(
                 "MeshCore", "NodeConfig", "Gateway", "Ledger", "Providers", "Routing", "CurlHTTP", "Sodium",
                 "Wire", "Membership", "MeshState", "Transport",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -120,11 +126,13 @@ let package = Package(
         .executableTarget(
             name: "aimesh",
             dependencies: [
-                "Node", "NodeConfig", "MockUpstream", "CurlHTTP", "MeshCore", "MeshState", "Sodium", "MeshSim", "Membership",
+                "Node", "Gateway", "NodeConfig", "MockUpstream", "CurlHTTP", "MeshCore", "MeshState", "Sodium", "MeshSim", "Membership",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings + [.swiftLanguageMode(.v5)]

@@ -492,11 +492,13 @@ extension Gateway {
                 try? await writer.write(buffer)
             }
         }
-        try? await writer.finish(nil)
+        // Accounted before the stream's end is written: a client that has read the whole answer finds
+        // its row in the ledger (after a flush), and its spend in the budget.
         let usage = stream.usage
         let cost = finalCost ?? route.candidate.price.cost(of: usage)
         record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: usage, cost: cost, latency: ContinuousClock.now - start,
                upstreamTime: nil, status: status, outcome: outcome, attempts: attempts, options: options, stream: true, error: errorMessage, endpoint: endpoint)
+        try? await writer.finish(nil)
     }
 
     // MARK: Embeddings

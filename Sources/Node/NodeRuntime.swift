@@ -1,6 +1,7 @@
 import CurlHTTP
 import Gateway
 import Hummingbird
+import HummingbirdCore
 import Ledger
 import Logging
 import MeshCore
@@ -196,11 +197,15 @@ public final class NodeRuntime: Sendable {
         let readTimeout = TimeAmount(configuration.server.readTimeout)
         let writeTimeout = TimeAmount(configuration.server.writeTimeout)
         let stalled = gateway.metrics.counter("aimesh_http_write_timeouts_total")
+        // The largest body any route reads: chat and embeddings take server.max_request_size, the key and
+        // revocation endpoints at most 16 KiB.
+        let channel = LeanHTTP1Channel.Configuration(
+            maxBodyBytes: max(configuration.server.maxRequestSize, 16384), idleTimeout: readTimeout, serverName: "aimesh",
+            additionalChannelHandlers: { [WriteStallHandler(timeout: writeTimeout, onTimeout: { stalled.increment() })] })
+        let responder = router.buildResponder()
         let app = Application(
-            router: router,
-            server: .http1(configuration: .init(
-                additionalChannelHandlers: [WriteStallHandler(timeout: writeTimeout, onTimeout: { stalled.increment() })],
-                idleTimeout: readTimeout)),
+            responder: responder,
+            server: HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: channel) },
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "aimesh", backlog: 1024),
             onServerRunning: { [self] channel in
                 let port = channel.localAddress?.port ?? listen.port

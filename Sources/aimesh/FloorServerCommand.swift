@@ -1,6 +1,8 @@
 import ArgumentParser
 import CurlHTTP
+import Gateway
 import Hummingbird
+import HummingbirdCore
 import Logging
 import MeshCore
 import NIOCore
@@ -12,6 +14,10 @@ import NodeConfig
 /// first, `/forward` reads it and sends it unchanged to `--upstream` with the node's `CurlClient`, answering
 /// with the upstream's body. A node's overhead above `/forward`'s is what routing, accounting and the
 /// OpenAI-compatible surface cost; `/forward`'s own overhead over a direct call is the floor of the stack.
+///
+/// `--stack` picks the HTTP server under the same router: `node` is the node's (`LeanHTTP1Channel`),
+/// `hummingbird` is Hummingbird's own `HTTP1Channel` (what nodes ran before), `nio` answers from a bare NIO
+/// channel handler with no router at all (`RawFloorServer`), the floor below every Hummingbird choice.
 struct FloorServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "floor-server",
@@ -19,19 +25,30 @@ struct FloorServerCommand: AsyncParsableCommand {
         shouldDisplay: false
     )
 
+    enum Stack: String, ExpressibleByArgument, CaseIterable {
+        case node, hummingbird, nio
+    }
+
     @Option(name: .long, help: "Address to listen on, HOST:PORT.")
     var listen: String = "127.0.0.1:0"
 
     @Option(name: .long, help: "Chat completions URL that /forward sends to.")
     var upstream: String
 
+    @Option(name: .long, help: "HTTP server: node (the node's LeanHTTP1Channel), hummingbird (its HTTP1Channel) or nio (a bare NIO handler, no router).")
+    var stack: Stack = .node
+
     func run() async throws {
         guard let address = HostPort(parsing: listen) else { throw ValidationError("--listen must be HOST:PORT") }
         let client = CurlClient()
         let upstream = self.upstream
         let canned = ByteBuffer(string: #"{"id":"floor","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#)
+        if stack == .nio {
+            try await RawFloorServer.run(host: address.host, port: address.port, client: client, upstream: upstream, canned: canned)
+            return
+        }
         let json: HTTPFields = [.contentType: "application/json"]
-        let router = Router()
+        let router = Router(context: GatewayContext.self)
         router.post("/canned/v1/chat/completions") { _, _ in
             Response(status: .ok, headers: json, body: ResponseBody(byteBuffer: canned))
         }
@@ -48,8 +65,16 @@ struct FloorServerCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "floor")
         logger.logLevel = .warning
-        let app = Application(router: router, configuration: .init(address: .hostname(address.host, port: address.port), serverName: "floor"), logger: logger)
-        print("floor server on \(address)")
+        let server: HTTPServerBuilder
+        switch stack {
+        case .hummingbird:
+            server = .http1()
+        case .node, .nio:
+            let responder = router.buildResponder()
+            server = HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: .init(maxBodyBytes: 1 << 20, serverName: "floor")) }
+        }
+        let app = Application(router: router, server: server, configuration: .init(address: .hostname(address.host, port: address.port), serverName: "floor"), logger: logger)
+        print("floor server (\(stack.rawValue)) on \(address)")
         try await app.runService()
     }
 }

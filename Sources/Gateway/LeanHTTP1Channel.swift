@@ -1,0 +1,355 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import MeshCore
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The API port's HTTP/1.1 connections: Hummingbird's router, middleware, `Request` and `Response`, served
+/// from a plain NIO channel handler instead of Hummingbird's `HTTP1Channel`.
+///
+/// `HTTP1Channel` turns each connection into a `NIOAsyncChannel` and runs the router in that connection's
+/// task, reading every request part through an async iterator and writing every response part through an
+/// async writer, with the request body a stream. Here one handler gathers each request (its body up to
+/// `maxBodyBytes`; past that it keeps one byte more than the limit, so a route's own `collectBody(upTo:)`
+/// answers 413 as before), starts a task for the responder, and writes the answer straight to the
+/// pipeline: head, body and end of a one-buffer answer leave in one flush; each chunk of a streamed one is
+/// flushed when the loop finishes its turn, and the writer waits while the channel is unwritable.
+/// Requests pipelined behind one being answered wait in the handler, in order; it stops reading only when
+/// many wait (NIO's `HTTPServerPipelineHandler` would take the socket out of the poll set and put it back
+/// around every request: two `epoll_ctl` calls each time).
+///
+/// What `HTTP1Channel` did is kept: HTTP/1.1 parsing with the same limits, a malformed request answered 400
+/// and the connection closed, `Connection: close` and the client's half-close honoured after the answer,
+/// the idle timeout and graceful quiescing (`HTTPConnectionStateHandler`), the extra handlers (the node's
+/// write-stall guard), an error thrown past the router answered 500, and the `Date` and `Server` headers.
+public struct LeanHTTP1Channel: ServerChildChannel {
+    public typealias Responder = RouterResponder<GatewayContext>
+
+    public struct Connection: ServerChildChannelValue {
+        public let channel: any Channel
+    }
+
+    public struct Configuration: Sendable {
+        /// The most body bytes a request may carry (the largest any route accepts); a larger one is
+        /// passed on cut to `maxBodyBytes + 1` bytes, so the route reports it too large.
+        public var maxBodyBytes: Int
+        public var idleTimeout: TimeAmount?
+        public var serverName: String?
+        public var additionalChannelHandlers: @Sendable () -> [any RemovableChannelHandler]
+
+        public init(maxBodyBytes: Int, idleTimeout: TimeAmount? = nil, serverName: String? = nil,
+                    additionalChannelHandlers: @escaping @Sendable () -> [any RemovableChannelHandler] = { [] }) {
+            self.maxBodyBytes = maxBodyBytes
+            self.idleTimeout = idleTimeout
+            self.serverName = serverName
+            self.additionalChannelHandlers = additionalChannelHandlers
+        }
+    }
+
+    let responder: Responder
+    let configuration: Configuration
+
+    public init(responder: Responder, configuration: Configuration) {
+        self.responder = responder
+        self.configuration = configuration
+    }
+
+    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Connection> {
+        channel.eventLoop.makeCompletedFuture {
+            let pipeline = channel.pipeline.syncOperations
+            // Hummingbird's decoder limits (HTTP1Channel.Configuration.DecoderConfiguration's defaults).
+            var limits = NIOHTTPDecoderLimitConfiguration()
+            limits.maxHeaderFieldSize = 80 * 1024
+            limits.maxHeaderListSize = 80 * 1024
+            limits.maxHeaderFieldCount = 1000
+            try pipeline.configureHTTPServerPipeline(
+                withPipeliningAssistance: false,  // LeanHTTP1Handler keeps pipelined requests in order
+                withErrorHandling: true,
+                withOutboundHeaderValidation: false,  // HTTPTypes validates fields already
+                withEncoderConfiguration: .init(),
+                withDecoderLimitConfiguration: limits
+            )
+            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try pipeline.addHandlers(configuration.additionalChannelHandlers())
+            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: configuration.idleTimeout.map { .nanoseconds($0.nanoseconds) }, logger: logger))
+            try pipeline.addHandler(LeanHTTP1Handler(responder: responder, configuration: configuration, logger: logger))
+            return Connection(channel: channel)
+        }
+    }
+
+    /// The connection lives in its pipeline; this task only waits for it to close (the server waits for
+    /// these tasks when it shuts down) and closes it if cancelled.
+    public func handle(value: Connection, logger: Logger) async {
+        let channel = value.channel
+        await withTaskCancellationHandler {
+            try? await channel.closeFuture.get()
+        } onCancel: {
+            channel.close(promise: nil)
+        }
+    }
+}
+
+/// One connection's requests: gathers each, runs the responder in a task, writes its answer.
+final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias OutboundIn = Never
+    typealias OutboundOut = HTTPResponsePart
+    typealias Responder = LeanHTTP1Channel.Responder
+
+    /// Parts of pipelined requests held while one is answered; past this many, reading pauses.
+    static let maxQueuedParts = 64
+
+    let responder: Responder
+    let configuration: LeanHTTP1Channel.Configuration
+    let logger: Logger
+
+    private var context: ChannelHandlerContext?
+    private var head: HTTPRequest?
+    private var body: ByteBuffer?
+    /// Between a request's end and its answer's end.
+    private var responding = false
+    /// Parts that arrived while answering, in order.
+    private var queued = CircularBuffer<HTTPRequestPart>()
+    /// A `read` held back while the queue is full.
+    private var readHeld = false
+    /// The client closed its side (half-close): close once every request it sent is answered.
+    private var inputClosed = false
+    /// Set while a flush is queued for the end of the loop's turn.
+    private var flushQueued = false
+    /// Completed when the channel becomes writable again (or fails when it closes).
+    private var writable: EventLoopPromise<Void>?
+
+    init(responder: Responder, configuration: LeanHTTP1Channel.Configuration, logger: Logger) {
+        self.responder = responder
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        releaseWriters()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        releaseWriters()
+        queued.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let writable {
+            self.writable = nil
+            writable.succeed()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            inputClosed = true
+            closeIfDone(context)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// A malformed request (answered 400 by NIO's protocol error handler before it reaches here) or a
+    /// failed read: the connection cannot go on.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if queued.count >= Self.maxQueuedParts { readHeld = true } else { context.read() }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        if responding || !queued.isEmpty { queued.append(part) } else { take(part, context: context) }
+    }
+
+    private func take(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .head(let head):
+            self.head = head
+            self.body = nil
+        case .body(var chunk):
+            // Past the limit the rest is dropped: what is kept is already too large for every route.
+            let room = configuration.maxBodyBytes + 1 - (body?.readableBytes ?? 0)
+            guard room > 0 else { return }
+            if chunk.readableBytes > room { chunk.moveWriterIndex(to: chunk.readerIndex + room) }
+            if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
+        case .end:
+            guard let head = self.head.take() else { return }
+            responding = true
+            respond(to: Request(head: head, body: RequestBody(buffer: body.take() ?? ByteBuffer())),
+                    keepAlive: head.headerFields[.connection] != "close", context: context)
+        }
+    }
+
+    /// After an answer: the requests that waited, then a held read, then a close the client asked for.
+    private func answered(_ context: ChannelHandlerContext) {
+        while !responding, let part = queued.popFirst() { take(part, context: context) }
+        if readHeld, queued.count < Self.maxQueuedParts {
+            readHeld = false
+            context.read()
+        }
+        closeIfDone(context)
+    }
+
+    private func closeIfDone(_ context: ChannelHandlerContext) {
+        if inputClosed, !responding, head == nil, queued.isEmpty { context.close(promise: nil) }
+    }
+
+    private func respond(to request: Request, keepAlive: Bool, context: ChannelHandlerContext) {
+        let channel = context.channel
+        let sink = ResponseSink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), loop: context.eventLoop)
+        let responder = self.responder, logger = self.logger, serverName = configuration.serverName
+        Task {
+            var response: Response
+            do {
+                response = try await responder.respond(to: request, context: GatewayContext(source: .init(channel: channel, logger: logger)))
+            } catch {
+                logger.debug("unhandled error from the router", metadata: ["error.type": "\(String(reflecting: type(of: error)))"])
+                response = Response(status: .internalServerError, body: .init())
+            }
+            response.headers[.date] = HTTPDate.now()
+            if let serverName { response.headers[.server] = serverName }
+            do {
+                let head = response.head
+                try await sink.perform { try $0.writeHead(head) }
+                try await response.body.write(LeanBodyWriter(sink: sink))
+                if !keepAlive { try await sink.perform { $0.close() } }
+            } catch {
+                // The client went away or the answer failed half-way: the connection cannot carry more.
+                channel.close(promise: nil)
+            }
+        }
+    }
+
+    // MARK: Writing, always on the loop
+
+    private func liveContext() throws -> ChannelHandlerContext {
+        guard let context, context.channel.isActive else { throw ChannelError.ioOnClosedChannel }
+        return context
+    }
+
+    fileprivate func writeHead(_ head: HTTPResponse) throws -> EventLoopFuture<Void>? {
+        try liveContext().write(wrapOutboundOut(.head(head)), promise: nil)
+        return nil
+    }
+
+    /// Writes a body chunk and queues a flush for the end of this turn of the loop (a one-buffer answer's
+    /// end comes first and flushes all at once); returns a future to wait on when the channel is full.
+    fileprivate func writeBody(_ buffer: ByteBuffer) throws -> EventLoopFuture<Void>? {
+        let context = try liveContext()
+        context.write(wrapOutboundOut(.body(buffer)), promise: nil)
+        if !flushQueued {
+            flushQueued = true
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute {
+                let handler = bound.value
+                handler.flushQueued = false
+                handler.context?.flush()
+            }
+        }
+        guard !context.channel.isWritable else { return nil }
+        if let writable { return writable.futureResult }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        writable = promise
+        return promise.futureResult
+    }
+
+    fileprivate func writeEnd(_ trailers: HTTPFields?) throws -> EventLoopFuture<Void>? {
+        let context = try liveContext()
+        context.writeAndFlush(wrapOutboundOut(.end(trailers)), promise: nil)
+        responding = false
+        answered(context)
+        return nil
+    }
+
+    fileprivate func close() -> EventLoopFuture<Void>? {
+        context?.close(promise: nil)
+        return nil
+    }
+
+    private func releaseWriters() {
+        if let writable {
+            self.writable = nil
+            writable.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+}
+
+/// The way from the responder's task to its connection's handler: runs each step on the handler's loop
+/// (inline when the task is already there, as it is in a node, where tasks run on the event loops).
+final class ResponseSink: Sendable {
+    let handler: NIOLoopBound<LeanHTTP1Handler>
+    let loop: any EventLoop
+
+    init(handler: NIOLoopBound<LeanHTTP1Handler>, loop: any EventLoop) {
+        self.handler = handler
+        self.loop = loop
+    }
+
+    func perform(_ step: @escaping @Sendable (LeanHTTP1Handler) throws -> EventLoopFuture<Void>?) async throws {
+        if loop.inEventLoop {
+            if let wait = try step(handler.value) { try await wait.get() }
+        } else {
+            let handler = self.handler
+            try await loop.flatSubmit {
+                do { return try step(handler.value) ?? handler.eventLoop.makeSucceededVoidFuture() } catch { return handler.eventLoop.makeFailedFuture(error) }
+            }.get()
+        }
+    }
+}
+
+struct LeanBodyWriter: ResponseBodyWriter {
+    let sink: ResponseSink
+
+    mutating func write(_ buffer: ByteBuffer) async throws {
+        try await sink.perform { try $0.writeBody(buffer) }
+    }
+
+    consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
+        try await sink.perform { try $0.writeEnd(trailingHeaders) }
+    }
+}
+/// The `Date` header's value (RFC 9110 IMF-fixdate), formatted once per second.
+enum HTTPDate {
+    private static let cache = Mutex<(second: Int, text: String)>((-1, ""))
+
+    static func now() -> String {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        let second = spec.tv_sec
+        return cache.withLock { cache in
+            if cache.second != second {
+                cache = (second, format(second))
+            }
+            return cache.text
+        }
+    }
+
+    static func format(_ second: Int) -> String {
+        var time = time_t(second)
+        var parts = tm()
+        gmtime_r(&time, &parts)
+        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+    }
+}
