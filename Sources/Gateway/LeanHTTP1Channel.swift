@@ -22,9 +22,11 @@ import Darwin
 /// task, reading every request part through an async iterator and writing every response part through an
 /// async writer, with the request body a stream. Here one handler gathers each request (its body up to
 /// `maxBodyBytes`; past that it keeps one byte more than the limit, so a route's own `collectBody(upTo:)`
-/// answers 413 as before), starts a task for the responder, and writes the answer straight to the
-/// pipeline: head, body and end of a one-buffer answer leave in one flush; each chunk of a streamed one is
-/// flushed when the loop finishes its turn, and the writer waits while the channel is unwritable.
+/// answers 413 as before) and hands it to the connection's task, which runs the responder and writes the
+/// answer straight to the pipeline. (One task per connection, as before: a task per request would allocate
+/// its async frames anew each time, 26 KiB a request for a chat completion.) The head goes with the first
+/// body chunk, each chunk is flushed as it is written (a one-buffer answer with a length leaves in one
+/// `writev`), and the writer waits while the channel is unwritable.
 /// Requests pipelined behind one being answered wait in the handler, in order; it stops reading only when
 /// many wait (NIO's `HTTPServerPipelineHandler` would take the socket out of the poll set and put it back
 /// around every request: two `epoll_ctl` calls each time).
@@ -38,6 +40,7 @@ public struct LeanHTTP1Channel: ServerChildChannel {
 
     public struct Connection: ServerChildChannelValue {
         public let channel: any Channel
+        let sink: ConnectionSink
     }
 
     public struct Configuration: Sendable {
@@ -83,21 +86,52 @@ public struct LeanHTTP1Channel: ServerChildChannel {
             try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
             try pipeline.addHandlers(configuration.additionalChannelHandlers())
             try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: configuration.idleTimeout.map { .nanoseconds($0.nanoseconds) }, logger: logger))
-            try pipeline.addHandler(LeanHTTP1Handler(responder: responder, configuration: configuration, logger: logger))
-            return Connection(channel: channel)
+            let handler = LeanHTTP1Handler(configuration: configuration)
+            try pipeline.addHandler(handler)
+            return Connection(channel: channel, sink: ConnectionSink(handler: NIOLoopBound(handler, eventLoop: channel.eventLoop), loop: channel.eventLoop))
         }
     }
 
-    /// The connection lives in its pipeline; this task only waits for it to close (the server waits for
-    /// these tasks when it shuts down) and closes it if cancelled.
+    /// The connection's task: answers its requests one after another as the handler hands them over,
+    /// until the connection closes (the server waits for these tasks when it shuts down); closes the
+    /// connection if cancelled.
     public func handle(value: Connection, logger: Logger) async {
-        let channel = value.channel
+        let channel = value.channel, sink = value.sink, responder = self.responder, serverName = configuration.serverName
         await withTaskCancellationHandler {
-            try? await channel.closeFuture.get()
+            while let pending = await sink.nextRequest() {
+                var response: Response
+                do {
+                    response = try await responder.respond(to: pending.request, context: GatewayContext(source: .init(channel: channel, logger: logger)))
+                } catch {
+                    logger.debug("unhandled error from the router", metadata: ["error.type": "\(String(reflecting: type(of: error)))"])
+                    response = Response(status: .internalServerError, body: .init())
+                }
+                response.headers[.date] = HTTPDate.now()
+                if let serverName { response.headers[.server] = serverName }
+                do {
+                    try await sink.writeHead(response.head)
+                    try await response.body.write(LeanBodyWriter(sink: sink))
+                } catch {
+                    // The client went away or the answer failed half-way: the connection cannot carry more.
+                    channel.close(promise: nil)
+                    break
+                }
+                if !pending.keepAlive {
+                    // The answer's bytes still queued go out first, then end of file; the client closes.
+                    channel.close(mode: .output, promise: nil)
+                    break
+                }
+            }
         } onCancel: {
             channel.close(promise: nil)
         }
     }
+}
+
+/// A request gathered by the handler, waiting for the connection's task.
+struct PendingRequest: Sendable {
+    let request: Request
+    let keepAlive: Bool
 }
 
 /// One connection's requests: gathers each, runs the responder in a task, writes its answer.
@@ -105,14 +139,11 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias OutboundIn = Never
     typealias OutboundOut = HTTPResponsePart
-    typealias Responder = LeanHTTP1Channel.Responder
 
     /// Parts of pipelined requests held while one is answered; past this many, reading pauses.
     static let maxQueuedParts = 64
 
-    let responder: Responder
     let configuration: LeanHTTP1Channel.Configuration
-    let logger: Logger
 
     private var context: ChannelHandlerContext?
     private var head: HTTPRequest?
@@ -125,15 +156,15 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readHeld = false
     /// The client closed its side (half-close): close once every request it sent is answered.
     private var inputClosed = false
-    /// Set while a flush is queued for the end of the loop's turn.
-    private var flushQueued = false
     /// Completed when the channel becomes writable again (or fails when it closes).
     private var writable: EventLoopPromise<Void>?
+    /// The connection's task, waiting for the next request; or the request gathered before it asked.
+    private var waiter: UnsafeContinuation<PendingRequest?, Never>?
+    private var ready: PendingRequest?
+    private var gone = false
 
-    init(responder: Responder, configuration: LeanHTTP1Channel.Configuration, logger: Logger) {
-        self.responder = responder
+    init(configuration: LeanHTTP1Channel.Configuration) {
         self.configuration = configuration
-        self.logger = logger
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -141,12 +172,36 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         releaseWriters()
+        end()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         releaseWriters()
         queued.removeAll()
+        end()
         context.fireChannelInactive()
+    }
+
+    /// No more requests: the connection's task stops waiting.
+    private func end() {
+        gone = true
+        ready = nil
+        if let waiter {
+            self.waiter = nil
+            waiter.resume(returning: nil)
+        }
+    }
+
+    /// The connection's task asks for the next request.
+    fileprivate func next(_ continuation: UnsafeContinuation<PendingRequest?, Never>) {
+        if let ready {
+            self.ready = nil
+            continuation.resume(returning: ready)
+        } else if gone {
+            continuation.resume(returning: nil)
+        } else {
+            waiter = continuation
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -194,8 +249,14 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             guard let head = self.head.take() else { return }
             responding = true
-            respond(to: Request(head: head, body: RequestBody(buffer: body.take() ?? ByteBuffer())),
-                    keepAlive: head.headerFields[.connection] != "close", context: context)
+            let pending = PendingRequest(request: Request(head: head, body: RequestBody(buffer: body.take() ?? ByteBuffer())),
+                                         keepAlive: head.headerFields[.connection] != "close")
+            if let waiter {
+                self.waiter = nil
+                waiter.resume(returning: pending)
+            } else {
+                ready = pending
+            }
         }
     }
 
@@ -213,32 +274,6 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         if inputClosed, !responding, head == nil, queued.isEmpty { context.close(promise: nil) }
     }
 
-    private func respond(to request: Request, keepAlive: Bool, context: ChannelHandlerContext) {
-        let channel = context.channel
-        let sink = ResponseSink(handler: NIOLoopBound(self, eventLoop: context.eventLoop), loop: context.eventLoop)
-        let responder = self.responder, logger = self.logger, serverName = configuration.serverName
-        Task {
-            var response: Response
-            do {
-                response = try await responder.respond(to: request, context: GatewayContext(source: .init(channel: channel, logger: logger)))
-            } catch {
-                logger.debug("unhandled error from the router", metadata: ["error.type": "\(String(reflecting: type(of: error)))"])
-                response = Response(status: .internalServerError, body: .init())
-            }
-            response.headers[.date] = HTTPDate.now()
-            if let serverName { response.headers[.server] = serverName }
-            do {
-                let head = response.head
-                try await sink.perform { try $0.writeHead(head) }
-                try await response.body.write(LeanBodyWriter(sink: sink))
-                if !keepAlive { try await sink.perform { $0.close() } }
-            } catch {
-                // The client went away or the answer failed half-way: the connection cannot carry more.
-                channel.close(promise: nil)
-            }
-        }
-    }
-
     // MARK: Writing, always on the loop
 
     private func liveContext() throws -> ChannelHandlerContext {
@@ -251,20 +286,11 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         return nil
     }
 
-    /// Writes a body chunk and queues a flush for the end of this turn of the loop (a one-buffer answer's
-    /// end comes first and flushes all at once); returns a future to wait on when the channel is full.
+    /// Writes a body chunk with the head before it, flushed at once (a one-buffer answer with a length
+    /// leaves in one write: its end adds no bytes); returns a future to wait on when the channel is full.
     fileprivate func writeBody(_ buffer: ByteBuffer) throws -> EventLoopFuture<Void>? {
         let context = try liveContext()
-        context.write(wrapOutboundOut(.body(buffer)), promise: nil)
-        if !flushQueued {
-            flushQueued = true
-            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            context.eventLoop.execute {
-                let handler = bound.value
-                handler.flushQueued = false
-                handler.context?.flush()
-            }
-        }
+        context.writeAndFlush(wrapOutboundOut(.body(buffer)), promise: nil)
         guard !context.channel.isWritable else { return nil }
         if let writable { return writable.futureResult }
         let promise = context.eventLoop.makePromise(of: Void.self)
@@ -280,11 +306,6 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         return nil
     }
 
-    fileprivate func close() -> EventLoopFuture<Void>? {
-        context?.close(promise: nil)
-        return nil
-    }
-
     private func releaseWriters() {
         if let writable {
             self.writable = nil
@@ -293,9 +314,9 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// The way from the responder's task to its connection's handler: runs each step on the handler's loop
-/// (inline when the task is already there, as it is in a node, where tasks run on the event loops).
-final class ResponseSink: Sendable {
+/// The way between a connection's task and its handler: each step runs on the handler's loop (inline when
+/// the task is already there, as it is in a node, where tasks run on the event loops).
+final class ConnectionSink: Sendable {
     let handler: NIOLoopBound<LeanHTTP1Handler>
     let loop: any EventLoop
 
@@ -304,27 +325,51 @@ final class ResponseSink: Sendable {
         self.loop = loop
     }
 
-    func perform(_ step: @escaping @Sendable (LeanHTTP1Handler) throws -> EventLoopFuture<Void>?) async throws {
-        if loop.inEventLoop {
-            if let wait = try step(handler.value) { try await wait.get() }
-        } else {
-            let handler = self.handler
-            try await loop.flatSubmit {
-                do { return try step(handler.value) ?? handler.eventLoop.makeSucceededVoidFuture() } catch { return handler.eventLoop.makeFailedFuture(error) }
-            }.get()
+    /// The next request, once the handler has gathered it; nil when the connection has closed.
+    func nextRequest() async -> PendingRequest? {
+        await withUnsafeContinuation { continuation in
+            if loop.inEventLoop {
+                handler.value.next(continuation)
+            } else {
+                let handler = self.handler
+                loop.execute { handler.value.next(continuation) }
+            }
         }
+    }
+
+    // Each write runs inline when the task is on the handler's loop (no closure is allocated for it),
+    // else as a closure submitted to the loop.
+
+    func writeHead(_ head: HTTPResponse) async throws {
+        if loop.inEventLoop { _ = try handler.value.writeHead(head) } else { try await perform { try $0.writeHead(head) } }
+    }
+
+    func writeBody(_ buffer: ByteBuffer) async throws {
+        if loop.inEventLoop { if let full = try handler.value.writeBody(buffer) { try await full.get() } } else { try await perform { try $0.writeBody(buffer) } }
+    }
+
+    func writeEnd(_ trailers: HTTPFields?) async throws {
+        if loop.inEventLoop { _ = try handler.value.writeEnd(trailers) } else { try await perform { try $0.writeEnd(trailers) } }
+    }
+
+    /// Runs `step` with the handler on its loop; waits for the future it returns, if any.
+    private func perform(_ step: @escaping @Sendable (LeanHTTP1Handler) throws -> EventLoopFuture<Void>?) async throws {
+        let handler = self.handler
+        try await loop.flatSubmit {
+            do { return try step(handler.value) ?? handler.eventLoop.makeSucceededVoidFuture() } catch { return handler.eventLoop.makeFailedFuture(error) }
+        }.get()
     }
 }
 
 struct LeanBodyWriter: ResponseBodyWriter {
-    let sink: ResponseSink
+    let sink: ConnectionSink
 
     mutating func write(_ buffer: ByteBuffer) async throws {
-        try await sink.perform { try $0.writeBody(buffer) }
+        try await sink.writeBody(buffer)
     }
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {
-        try await sink.perform { try $0.writeEnd(trailingHeaders) }
+        try await sink.writeEnd(trailingHeaders)
     }
 }
 /// The `Date` header's value (RFC 9110 IMF-fixdate), formatted once per second.
