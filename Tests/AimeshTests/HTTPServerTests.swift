@@ -105,6 +105,27 @@ import Glibc
         }
     }
 
+    @Test func shutdown_answersTheRequestInFlight_andClosesIdleConnections() async throws {
+        try await withMocks([.init(name: "slow", latency: .milliseconds(400))]) { mocks in
+            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
+            let idle = try connectLoopback(node.port)
+            defer { close(idle) }
+            let chat = chatBody("m", "answer me before you go").bytes
+            let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
+            // Keep-alive: the connection ends only because the node shuts down.
+            async let answer = exchange(node.port, request)
+            #expect(await eventually(.seconds(10)) { mocks[0].requestCount == 1 }, "the request reached the upstream")
+            // Bounded: a node that never finished quiescing would hang here.
+            let stopped = Counter()
+            Task { await node.stop(); stopped.add("stopped") }
+            #expect(await eventually(.seconds(10)) { stopped.value("stopped") == 1 }, "the node stopped")
+            let text = try await answer
+            #expect(text.hasPrefix("HTTP/1.1 200 OK"), "\(text.prefix(300))")
+            #expect(text.contains("\"chat.completion\""))
+            #expect(await eventually(.seconds(5)) { closedByPeer(idle) }, "the idle connection was closed")
+        }
+    }
+
     /// Sends `bytes` on a fresh connection (then half-closes it, if asked) and reads until the node closes
     /// it; gives up after 10 s. Runs on its own thread: the reads block.
     func exchange(_ port: Int, _ bytes: [UInt8], halfClose: Bool = false) async throws -> String {
