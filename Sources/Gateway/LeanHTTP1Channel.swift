@@ -35,7 +35,8 @@ import Darwin
 /// does): two pipeline handlers fewer for every part, 4 % of a node's CPU per request (`bench-pair`).
 ///
 /// What `HTTP1Channel` did is kept: HTTP/1.1 parsing with the same limits, a malformed request answered 400
-/// and the connection closed, `Connection: close` and the client's half-close honoured after the answer,
+/// and the connection closed, `Connection: close` (and HTTP/1.0 without keep-alive, which `HTTP1Channel`
+/// kept open) and the client's half-close honoured after the answer,
 /// the idle timeout (`server.read_timeout`) and graceful quiescing, the extra handlers (the node's
 /// write-stall guard), an error thrown past the router answered 500, and the `Date` and `Server` headers.
 public struct LeanHTTP1Channel: ServerChildChannel {
@@ -148,6 +149,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var context: ChannelHandlerContext?
     private var head: HTTPRequest?
+    private var keepAlive = true
     private var body: ByteBuffer?
     /// Between a request's end and its answer's end.
     private var responding = false
@@ -299,6 +301,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             self.head = head
+            self.keepAlive = old.isKeepAlive  // HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with keep-alive
             self.body = nil
         case .body(var chunk):
             // Past the limit the rest is dropped: what is kept is already too large for every route.
@@ -310,7 +313,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
             guard let head = self.head.take() else { return }
             responding = true
             let pending = PendingRequest(request: Request(head: head, body: RequestBody(buffer: body.take() ?? ByteBuffer())),
-                                         keepAlive: head.headerFields[.connection] != "close")
+                                         keepAlive: keepAlive)
             if let waiter {
                 self.waiter = nil
                 waiter.resume(returning: pending)

@@ -50,6 +50,15 @@ import Glibc
         }
     }
 
+    @Test func http10Client_withoutKeepAlive_getsItsAnswer_thenTheConnectionCloses() async throws {
+        try await withMocks([.init(name: "a")]) { mocks in
+            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
+            defer { Task { await node.stop() } }
+            let text = try await exchange(node.port, Array("GET /health HTTP/1.0\r\n\r\n".utf8))
+            #expect(text.contains(" 200 OK\r\n") && text.contains("\"uptime_seconds\""), "\(text.prefix(300))")
+        }
+    }
+
     @Test func halfClosedClient_getsItsAnswer_thenTheConnectionCloses() async throws {
         try await withMocks([.init(name: "a", latency: .milliseconds(50))]) { mocks in
             let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
