@@ -281,7 +281,11 @@ enum MeshSetup {
 }
 
 /// GPUs from `nvidia-smi` (when it is on PATH), refreshed in the background every 15 seconds.
-final class GPUProbe: Sendable {
+public final class GPUProbe: Sendable {
+    /// The program asked (looked up on PATH unless a path). Tests point it at a fake one: changing PATH
+    /// with `setenv` while another thread starts a process (this prober, a test's child) can crash it.
+    public static let command = Mutex("nvidia-smi")
+
     private let cached = Mutex<[CapabilityRecord.GPU]>([])
     private let started = Mutex(false)
 
@@ -305,7 +309,7 @@ final class GPUProbe: Sendable {
     static func query() -> [CapabilityRecord.GPU] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["nvidia-smi", "--query-gpu=name,memory.total,memory.used,utilization.gpu", "--format=csv,noheader,nounits"]
+        process.arguments = [command.withLock { $0 }, "--query-gpu=name,memory.total,memory.used,utilization.gpu", "--format=csv,noheader,nounits"]
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice

@@ -1,3 +1,4 @@
+import Foundation
 import CurlHTTP
 import MeshCore
 import MockUpstream
@@ -157,14 +158,23 @@ import Glibc
 
     @Test func proxyVariables_areHonoured_exceptForLoopback() async throws {
         // The mock answers a proxy-form request line (`POST http://host/…`) like any other, so it can
-        // stand in for a proxy: a host that does not resolve is reachable only through it.
-        try await withMocks([.init(name: "proxy")]) { mocks in
-            setenv("http_proxy", mocks[0].baseURL, 1)
-            defer { unsetenv("http_proxy") }
-            let (head, body) = try await client.send(.post("http://upstream.invalid/v1/chat/completions", json: chatBody("x").bytes))
-            #expect(head.status == 200)
-            #expect(try JSONParser.parse(body)["choices"]?[0]?["message"]?["content"]?.stringValue == "Hello from proxy! You said: hello there")
+        // stand in for a proxy: a host that does not resolve is reachable only through it. The variables
+        // are set for a child (`aimesh chat`, which sends with CurlClient), not here: setenv while other
+        // threads start processes or read the environment can crash them.
+        try await withMocks([.init(name: "proxy"), .init(name: "direct")]) { mocks in
+            var environment = ProcessInfo.processInfo.environment
+            environment["http_proxy"] = mocks[0].baseURL
+            environment["no_proxy"] = nil
+            environment["NO_PROXY"] = nil
+            let (status, output) = try await Child.run(["chat", "--node", "http://upstream.invalid", "-m", "x", "--no-stream", "hello there"], environment: environment)
+            #expect(status == 0, "\(output)")
+            #expect(output.contains("Hello from proxy! You said: hello there"), "\(output)")
             #expect(mocks[0].lastRequest?.path.hasPrefix("http://upstream.invalid/") == true, "the request went through the proxy")
+            // Loopback never goes through it: a proxy that does not exist does not matter.
+            environment["http_proxy"] = "http://127.0.0.1:1"
+            let (direct, answer) = try await Child.run(["chat", "--node", mocks[1].baseURL, "-m", "x", "--no-stream", "hello there"], environment: environment)
+            #expect(direct == 0, "\(answer)")
+            #expect(answer.contains("Hello from direct! You said: hello there"), "\(answer)")
         }
     }
 

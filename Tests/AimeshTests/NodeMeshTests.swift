@@ -14,12 +14,12 @@ struct NodeMeshTests {
 
 
     @Test func twoNodes_shareModelsPricesAndGPUs_neverSecrets() async throws {
-        // A fake nvidia-smi on PATH.
+        // A fake nvidia-smi (not by changing PATH: setenv while another thread starts a process can crash it).
         let bin = temporaryDirectory("fake-gpu")
         let script = bin + "/nvidia-smi"
         try "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 1234, 37'\n".write(toFile: script, atomically: true, encoding: .utf8)
         chmod(script, 0o755)
-        setenv("PATH", bin + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), 1)
+        GPUProbe.command.withLock { $0 = script }
 
         try await withMocks([.init(name: "gpu")]) { mocks in
             let a = try await TestNode.start(yaml: """
