@@ -8,12 +8,6 @@ import NIOHTTP1
 import NIOHTTPTypesHTTP1
 import Synchronization
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 /// The API port's HTTP/1.1 connections: Hummingbird's router, middleware, `Request` and `Response`, served
 /// from a plain NIO channel handler instead of Hummingbird's `HTTP1Channel`.
 ///
@@ -136,7 +130,75 @@ struct PendingRequest: Sendable {
     let keepAlive: Bool
 }
 
-/// One connection's requests: gathers each, runs the responder in a task, writes its answer.
+/// `server.read_timeout` and graceful quiescing for one connection, by the rules of Hummingbird's
+/// `HTTPConnectionStateHandler`: a connection that has gone `timeout` without a request part while not being
+/// answered is closed (an idle keep-alive connection, a slow sender); one being answered is not, however
+/// long its answer takes. Asked to quiesce, an idle connection closes at once, a busy one after its
+/// answers. Pure: times are nanoseconds of any monotonic clock, handed in.
+struct ConnectionIdleState {
+    enum Action: Equatable {
+        case close
+        /// Look again at this time.
+        case recheck(at: UInt64)
+        case none
+    }
+
+    let timeout: UInt64?
+    /// Requests read (their head) and not yet answered (their end written).
+    private(set) var inProgress = 0
+    /// Between a request's head and its end.
+    private(set) var readingRequest = false
+    private(set) var lastActive: UInt64
+    private(set) var closeWhenAnswered = false
+
+    init(timeout: UInt64?, now: UInt64) {
+        self.timeout = timeout
+        self.lastActive = now
+    }
+
+    /// When to look first, from the connection's start (nil: no timeout).
+    var firstCheck: UInt64? { timeout.map { lastActive + $0 } }
+
+    mutating func readHead(now: UInt64) {
+        inProgress += 1
+        readingRequest = true
+        lastActive = now
+    }
+
+    mutating func readBody(now: UInt64) { lastActive = now }
+
+    mutating func readEnd(now: UInt64) {
+        readingRequest = false
+        lastActive = now
+    }
+
+    /// An answer's end was written.
+    mutating func answered(now: UInt64) -> Action {
+        inProgress -= 1
+        guard inProgress == 0 else { return .none }
+        if closeWhenAnswered { return .close }
+        lastActive = now
+        return timeout.map { .recheck(at: now + $0) } ?? .none
+    }
+
+    /// The scheduled check is due.
+    func check(now: UInt64) -> Action {
+        guard let timeout else { return .none }
+        // Being answered: the answer's end starts the clock again.
+        if !readingRequest, inProgress > 0 { return .none }
+        let deadline = lastActive + timeout
+        return now >= deadline ? .close : .recheck(at: deadline)
+    }
+
+    /// Graceful shutdown: true when the connection may close now; otherwise it closes after its answers.
+    mutating func quiesce() -> Bool {
+        if inProgress > 0 { closeWhenAnswered = true; return false }
+        return true
+    }
+}
+
+/// One connection's requests: gathers each and hands it to the connection's task; writes what the task
+/// sends back; keeps pipelined requests in order, the idle timeout and quiescing.
 final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = Never
@@ -165,28 +227,23 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     private var waiter: UnsafeContinuation<PendingRequest?, Never>?
     private var ready: PendingRequest?
     private var gone = false
-    // server.read_timeout (what Hummingbird's HTTPConnectionStateHandler did): a connection is closed when
-    // it has gone this long without a request part while not being answered; one being answered is not.
-    /// Requests read (their head) and not yet answered (their end written).
-    private var inProgress = 0
-    /// Between a request's head and its end.
-    private var readingRequest = false
-    private var lastActive = NIODeadline.now()
+    /// server.read_timeout and quiescing (`ConnectionIdleState`), and the check scheduled for it.
+    private var idle: ConnectionIdleState
     private var idleCheck: Scheduled<Void>?
-    /// Asked to quiesce (graceful shutdown) while answering: close after the answer.
-    private var closeWhenAnswered = false
 
     init(configuration: LeanHTTP1Channel.Configuration) {
         self.configuration = configuration
+        self.idle = ConnectionIdleState(timeout: configuration.idleTimeout.map { UInt64(max(0, $0.nanoseconds)) },
+                                        now: NIODeadline.now().uptimeNanoseconds)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { scheduleIdleCheck(context, at: .now() + (configuration.idleTimeout ?? .zero)) }
+        if context.channel.isActive { scheduleIdleCheck(context, at: idle.firstCheck) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        scheduleIdleCheck(context, at: .now() + (configuration.idleTimeout ?? .zero))
+        scheduleIdleCheck(context, at: idle.firstCheck)
         context.fireChannelActive()
     }
 
@@ -207,19 +264,20 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    private func scheduleIdleCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
-        guard configuration.idleTimeout != nil, idleCheck == nil else { return }
+    private func scheduleIdleCheck(_ context: ChannelHandlerContext, at nanoseconds: UInt64?) {
+        guard let nanoseconds, idleCheck == nil else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        idleCheck = context.eventLoop.scheduleTask(deadline: deadline) { bound.value.idleCheckDue() }
+        idleCheck = context.eventLoop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(nanoseconds)) { bound.value.idleCheckDue() }
     }
 
     private func idleCheckDue() {
         idleCheck = nil
-        guard let context, context.channel.isActive, let timeout = configuration.idleTimeout else { return }
-        // Being answered: the next answer's end starts the clock again.
-        if !readingRequest, inProgress > 0 { return }
-        let deadline = lastActive + timeout
-        if NIODeadline.now() >= deadline { context.close(promise: nil) } else { scheduleIdleCheck(context, at: deadline) }
+        guard let context, context.channel.isActive else { return }
+        switch idle.check(now: NIODeadline.now().uptimeNanoseconds) {
+        case .close: context.close(promise: nil)
+        case .recheck(let at): scheduleIdleCheck(context, at: at)
+        case .none: break
+        }
     }
 
     /// No more requests: the connection's task stops waiting.
@@ -257,14 +315,14 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
             inputClosed = true
             closeIfDone(context)
         } else if event is ChannelShouldQuiesceEvent {
-            if inProgress > 0 { closeWhenAnswered = true } else { context.close(promise: nil) }
+            if idle.quiesce() { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// A malformed request (answered 400 by NIO's protocol error handler before it reaches here), a head
-    /// HTTPTypes refuses, or a failed read: the connection cannot go on.
+    /// A malformed request (answered 400 by NIO's protocol error handler before it reaches here) or a
+    /// failed read: the connection cannot go on.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
     }
@@ -275,16 +333,11 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
+        let now = NIODeadline.now().uptimeNanoseconds
         switch part {
-        case .head:
-            inProgress += 1
-            readingRequest = true
-            lastActive = .now()
-        case .body:
-            lastActive = .now()
-        case .end:
-            readingRequest = false
-            lastActive = .now()
+        case .head: idle.readHead(now: now)
+        case .body: idle.readBody(now: now)
+        case .end: idle.readEnd(now: now)
         }
         if responding || !queued.isEmpty { queued.append(part) } else { take(part, context: context) }
     }
@@ -365,14 +418,12 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         let context = try liveContext()
         context.writeAndFlush(wrapOutboundOut(.end(trailers.map { HTTPHeaders($0) })), promise: nil)
         responding = false
-        inProgress -= 1
-        if inProgress == 0 {
-            if closeWhenAnswered {
-                context.close(promise: nil)
-                return nil
-            }
-            lastActive = .now()
-            scheduleIdleCheck(context, at: lastActive + (configuration.idleTimeout ?? .zero))
+        switch idle.answered(now: NIODeadline.now().uptimeNanoseconds) {
+        case .close:
+            context.close(promise: nil)
+            return nil
+        case .recheck(let at): scheduleIdleCheck(context, at: at)
+        case .none: break
         }
         answered(context)
         return nil
@@ -444,29 +495,16 @@ struct LeanBodyWriter: ResponseBodyWriter {
         try await sink.writeEnd(trailingHeaders)
     }
 }
-/// The `Date` header's value (RFC 9110 IMF-fixdate), formatted once per second.
+
+/// The `Date` header's value, formatted once per second (`httpDate`).
 enum HTTPDate {
-    private static let cache = Mutex<(second: Int, text: String)>((-1, ""))
+    private static let cache = Mutex<(second: Int64, text: String)>((-1, ""))
 
     static func now() -> String {
-        var spec = timespec()
-        clock_gettime(CLOCK_REALTIME, &spec)
-        let second = spec.tv_sec
+        let second = wallClockMillis() / 1000
         return cache.withLock { cache in
-            if cache.second != second {
-                cache = (second, format(second))
-            }
+            if cache.second != second { cache = (second, httpDate(seconds: second)) }
             return cache.text
         }
-    }
-
-    static func format(_ second: Int) -> String {
-        var time = time_t(second)
-        var parts = tm()
-        gmtime_r(&time, &parts)
-        let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
-        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        return "\(days[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
     }
 }

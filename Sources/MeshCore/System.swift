@@ -12,17 +12,32 @@ public func wallClockMillis() -> Int64 {
     return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
 }
 
+private func utcParts(_ seconds: Int64) -> tm {
+    var time = time_t(seconds)
+    var parts = tm()
+    gmtime_r(&time, &parts)
+    return parts
+}
+
+private func pad(_ value: Int32, _ width: Int = 2) -> String {
+    let text = String(value)
+    return String(repeating: "0", count: max(0, width - text.count)) + text
+}
+
 /// `2026-11-23T17:03:00Z`, or with `fraction` `2026-11-23T17:03:00.123Z` (UTC).
 public func iso8601(millis: Int64, fraction: Bool = false) -> String {
-    var seconds = time_t(millis / 1000)
-    var parts = tm()
-    gmtime_r(&seconds, &parts)
-    func pad(_ value: Int32, _ width: Int = 2) -> String {
-        let text = String(value)
-        return String(repeating: "0", count: max(0, width - text.count)) + text
-    }
+    let parts = utcParts(millis / 1000)
     let base = "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec))"
     return fraction ? base + ".\(pad(Int32(millis % 1000), 3))Z" : base + "Z"
+}
+
+/// An HTTP `Date` header's value (RFC 9110's IMF-fixdate): `Thu, 03 Dec 2026 04:25:04 GMT`.
+public func httpDate(seconds: Int64) -> String {
+    let parts = utcParts(seconds)
+    let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    return "\(days[Int(parts.tm_wday)]), \(pad(parts.tm_mday)) \(months[Int(parts.tm_mon)]) \(parts.tm_year + 1900) "
+        + "\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)) GMT"
 }
 
 /// Creates `path` and any missing parents with `mode` (0700: data and key directories). Returns the

@@ -65,14 +65,9 @@ struct FloorServerCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "floor")
         logger.logLevel = .warning
-        let server: HTTPServerBuilder
-        switch stack {
-        case .hummingbird:
-            server = .http1()
-        case .node, .nio:
-            let responder = router.buildResponder()
-            server = HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: .init(maxBodyBytes: 1 << 20, serverName: "floor")) }
-        }
+        let responder = router.buildResponder()
+        let server: HTTPServerBuilder = stack == .hummingbird ? .http1()
+            : HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: .init(maxBodyBytes: 1 << 20, serverName: "floor")) }
         let app = Application(router: router, server: server, configuration: .init(address: .hostname(address.host, port: address.port), serverName: "floor"), logger: logger)
         print("floor server (\(stack.rawValue)) on \(address)")
         try await app.runService()

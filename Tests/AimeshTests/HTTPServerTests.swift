@@ -1,4 +1,5 @@
 import Foundation
+@testable import Gateway
 import MeshCore
 import MockUpstream
 import Testing
@@ -11,6 +12,12 @@ import Glibc
 /// the usual client never does — pipelined requests, a half-closed socket, a chunked body past the limit,
 /// bytes that are not HTTP — and the headers every answer carries.
 @Suite struct HTTPServerTests {
+    /// A chat completion for model `m` as raw HTTP/1.1 bytes, with its length.
+    static func chatRequest(_ text: String) -> [UInt8] {
+        let chat = chatBody("m", text).bytes
+        return Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
+    }
+
     static func oneModel(_ mock: MockUpstream) -> String {
         "providers:\n  only: { type: local, base_url: \(mock.baseURL)/v1, models: [ { name: m } ] }\n"
     }
@@ -19,10 +26,9 @@ import Glibc
         try await withMocks([.init(name: "slow", latency: .milliseconds(150))]) { mocks in
             let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
             defer { Task { await node.stop() } }
-            let chat = chatBody("m", "first in line").bytes
             // One write: a chat request that waits 150 ms on its upstream, then two quick ones, the last
             // asking to close.
-            let requests = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
+            let requests = Self.chatRequest("first in line")
                 + Array("GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8)
             let text = try await exchange(node.port, requests)
             let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
@@ -63,9 +69,7 @@ import Glibc
         try await withMocks([.init(name: "a", latency: .milliseconds(50))]) { mocks in
             let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
             defer { Task { await node.stop() } }
-            let chat = chatBody("m", "then I stop sending").bytes
-            let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
-            let text = try await exchange(node.port, request, halfClose: true)
+            let text = try await exchange(node.port, Self.chatRequest("then I stop sending"), halfClose: true)
             #expect(text.hasPrefix("HTTP/1.1 200 OK"), "\(text.prefix(300))")
             #expect(text.contains("\"chat.completion\""))
         }
@@ -119,10 +123,8 @@ import Glibc
             let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
             let idle = try connectLoopback(node.port)
             defer { close(idle) }
-            let chat = chatBody("m", "answer me before you go").bytes
-            let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
             // Keep-alive: the connection ends only because the node shuts down.
-            async let answer = exchange(node.port, request)
+            async let answer = exchange(node.port, Self.chatRequest("answer me before you go"))
             #expect(await eventually(.seconds(10)) { mocks[0].requestCount == 1 }, "the request reached the upstream")
             // Bounded: a node that never finished quiescing would hang here.
             let stopped = Counter()
@@ -133,6 +135,56 @@ import Glibc
             #expect(text.contains("\"chat.completion\""))
             #expect(await eventually(.seconds(5)) { closedByPeer(idle) }, "the idle connection was closed")
         }
+    }
+
+    // MARK: server.read_timeout and quiescing, as a state machine (times in nanoseconds)
+
+    @Test func idleState_closesAnIdleConnection_afterTheTimeout_countedFromItsLastPart() {
+        var state = ConnectionIdleState(timeout: 100, now: 0)
+        #expect(state.firstCheck == 100)
+        #expect(state.check(now: 99) == .recheck(at: 100))
+        #expect(state.check(now: 100) == .close)
+        // A slow sender: its head arrived at 50, nothing since; the clock runs from 50.
+        state.readHead(now: 50)
+        #expect(state.check(now: 100) == .recheck(at: 150))
+        state.readBody(now: 120)
+        #expect(state.check(now: 150) == .recheck(at: 220))
+        #expect(state.check(now: 220) == .close)
+    }
+
+    @Test func idleState_neverClosesAConnectionBeingAnswered_andRestartsTheClockAfterTheAnswer() {
+        var state = ConnectionIdleState(timeout: 100, now: 0)
+        state.readHead(now: 10)
+        state.readEnd(now: 10)
+        #expect(state.check(now: 10_000) == .none, "an answer taking longer than the timeout is not cut")
+        let after = state.answered(now: 10_000)
+        #expect(after == .recheck(at: 10_100))
+        #expect(state.check(now: 10_099) == .recheck(at: 10_100))
+        #expect(state.check(now: 10_100) == .close)
+    }
+
+    @Test func idleState_withoutATimeout_neverCloses() {
+        var state = ConnectionIdleState(timeout: nil, now: 0)
+        #expect(state.firstCheck == nil)
+        state.readHead(now: 1)
+        state.readEnd(now: 1)
+        let after = state.answered(now: 2)
+        #expect(after == .none)
+        #expect(state.check(now: .max) == .none)
+    }
+
+    @Test func idleState_quiescing_closesAnIdleConnectionAtOnce_aBusyOneAfterItsLastAnswer() {
+        var idle = ConnectionIdleState(timeout: 100, now: 0)
+        let idleMayClose = idle.quiesce()
+        #expect(idleMayClose)
+        var busy = ConnectionIdleState(timeout: 100, now: 0)
+        busy.readHead(now: 1); busy.readEnd(now: 1)
+        busy.readHead(now: 2); busy.readEnd(now: 2)  // pipelined behind the first
+        let busyMayClose = busy.quiesce()
+        #expect(!busyMayClose)
+        let first = busy.answered(now: 3), second = busy.answered(now: 4)
+        #expect(first == .none, "one answer still owed")
+        #expect(second == .close)
     }
 
     /// Sends `bytes` on a fresh connection (then half-closes it, if asked) and reads until the node closes

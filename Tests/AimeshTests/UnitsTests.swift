@@ -23,6 +23,15 @@ import Testing
         #expect(Units.parseByteSize("1GiB") == 1 << 30)
         #expect(Units.parseByteSize("10 parsecs") == nil)
     }
+
+    /// Against Python's `email.utils.formatdate(t, usegmt=True)`.
+    @Test(arguments: [
+        (Int64(0), "Thu, 01 Jan 1970 00:00:00 GMT"), (1_796_272_453, "Thu, 03 Dec 2026 04:34:13 GMT"),
+        (1_709_251_199, "Thu, 29 Feb 2024 23:59:59 GMT"), (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+    ])
+    func httpDate_isIMFFixdate(_ seconds: Int64, _ expected: String) {
+        #expect(httpDate(seconds: seconds) == expected)
+    }
 }
 
 @Suite struct EventualTests {
