@@ -24,13 +24,16 @@ import Synchronization
 /// many wait (NIO's `HTTPServerPipelineHandler` would take the socket out of the poll set and put it back
 /// around every request: two `epoll_ctl` calls each time).
 ///
-/// The handler reads NIO's HTTP/1 parts and converts heads itself (as NIOHTTPTypesHTTP1's codec does), and
-/// keeps the idle timeout and graceful quiescing itself (as Hummingbird's `HTTPConnectionStateHandler`
-/// does): two pipeline handlers fewer for every part, 4 % of a node's CPU per request (`bench-pair`).
+/// The handler reads NIO's HTTP/1 request parts and converts heads itself (as NIOHTTPTypesHTTP1's codec does),
+/// writes answers as bytes itself (`HTTP1ResponseEncoding`: no conversion to NIO's head, no
+/// `HTTPResponseEncoder` or `HTTPServerProtocolErrorHandler`), and keeps the idle timeout and graceful
+/// quiescing itself (as Hummingbird's `HTTPConnectionStateHandler` does): four pipeline handlers fewer,
+/// 4 % and then 2.5 % of a node's CPU per request (`bench-pair`).
 ///
 /// What `HTTP1Channel` did is kept: HTTP/1.1 parsing with the same limits, a malformed request answered 400
 /// and the connection closed, `Connection: close` (and HTTP/1.0 without keep-alive, which `HTTP1Channel`
-/// kept open) and the client's half-close honoured after the answer,
+/// kept open) and the client's half-close honoured after the answer, answers to HEAD without a body, chunked
+/// bodies for answers without a length (to an HTTP/1.0 client, the body up to the close instead),
 /// the idle timeout (`server.read_timeout`) and graceful quiescing, the extra handlers (the node's
 /// write-stall guard), an error thrown past the router answered 500, and the `Date` and `Server` headers.
 public struct LeanHTTP1Channel: ServerChildChannel {
@@ -74,13 +77,10 @@ public struct LeanHTTP1Channel: ServerChildChannel {
             limits.maxHeaderFieldSize = 80 * 1024
             limits.maxHeaderListSize = 80 * 1024
             limits.maxHeaderFieldCount = 1000
-            try pipeline.configureHTTPServerPipeline(
-                withPipeliningAssistance: false,  // LeanHTTP1Handler keeps pipelined requests in order
-                withErrorHandling: true,
-                withOutboundHeaderValidation: false,  // HTTPTypes validates fields already
-                withEncoderConfiguration: .init(),
-                withDecoderLimitConfiguration: limits
-            )
+            // NIO's request decoder (llhttp); answers are written as bytes by the handler
+            // (`HTTP1ResponseEncoding`), which also keeps pipelined requests in order and answers a request
+            // that cannot be parsed with 400.
+            try pipeline.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits)))
             try pipeline.addHandlers(configuration.additionalChannelHandlers())
             let handler = LeanHTTP1Handler(configuration: configuration)
             try pipeline.addHandler(handler)
@@ -92,7 +92,7 @@ public struct LeanHTTP1Channel: ServerChildChannel {
     /// until the connection closes (the server waits for these tasks when it shuts down); closes the
     /// connection if cancelled.
     public func handle(value: Connection, logger: Logger) async {
-        let channel = value.channel, sink = value.sink, responder = self.responder, serverName = configuration.serverName
+        let channel = value.channel, sink = value.sink, responder = self.responder
         await withTaskCancellationHandler {
             while let pending = await sink.nextRequest() {
                 var response: Response
@@ -102,19 +102,12 @@ public struct LeanHTTP1Channel: ServerChildChannel {
                     logger.debug("unhandled error from the router", metadata: ["error.type": "\(String(reflecting: type(of: error)))"])
                     response = Response(status: .internalServerError, body: .init())
                 }
-                response.headers[.date] = HTTPDate.now()
-                if let serverName { response.headers[.server] = serverName }
                 do {
                     try await sink.writeHead(response.head)
                     try await response.body.write(LeanBodyWriter(sink: sink))
                 } catch {
                     // The client went away or the answer failed half-way: the connection cannot carry more.
                     channel.close(promise: nil)
-                    break
-                }
-                if !pending.keepAlive {
-                    // The answer's bytes still queued go out first, then end of file; the client closes.
-                    channel.close(mode: .output, promise: nil)
                     break
                 }
             }
@@ -127,7 +120,6 @@ public struct LeanHTTP1Channel: ServerChildChannel {
 /// A request gathered by the handler, waiting for the connection's task.
 struct PendingRequest: Sendable {
     let request: Request
-    let keepAlive: Bool
 }
 
 /// `server.read_timeout` and graceful quiescing for one connection, by the rules of Hummingbird's
@@ -202,7 +194,7 @@ struct ConnectionIdleState {
 final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = Never
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
 
     /// Parts of pipelined requests held while one is answered; past this many, reading pauses.
     static let maxQueuedParts = 64
@@ -211,7 +203,13 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private var context: ChannelHandlerContext?
     private var head: HTTPRequest?
+    /// The request being gathered or answered: whether the connection stays open after it, whether it is a
+    /// HEAD request (its answer has no body), whether it is HTTP/1.1 (or later), which can take chunks.
     private var keepAlive = true
+    private var headRequest = false
+    private var http11 = true
+    /// The answer being written: how its body is framed; nil between answers.
+    private var framing: ResponseFraming?
     private var body: ByteBuffer?
     /// Between a request's end and its answer's end.
     private var responding = false
@@ -321,10 +319,19 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// A malformed request (answered 400 by NIO's protocol error handler before it reaches here) or a
-    /// failed read: the connection cannot go on.
+    /// A malformed request (from the decoder; answered 400 unless an answer is half-written) or a failed
+    /// read: the connection cannot go on.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError, framing == nil, context.channel.isActive {
+            writeBadRequest(context)
+        }
         context.close(promise: nil)
+    }
+
+    private func writeBadRequest(_ context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: HTTP1ResponseEncoding.badRequest.utf8CodeUnitCount)
+        buffer.writeStaticString(HTTP1ResponseEncoding.badRequest)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
     func read(context: ChannelHandlerContext) {
@@ -332,6 +339,8 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // After an answer that closed the connection's output, what else the client sends goes unanswered.
+        guard !gone else { return }
         let part = unwrapInboundIn(data)
         let now = NIODeadline.now().uptimeNanoseconds
         switch part {
@@ -347,14 +356,14 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let old):
             // HTTPTypes' request (what the router and the gateway read), as NIOHTTPTypesHTTP1's codec makes it.
             guard let head = try? HTTPRequest(old, secure: false, splitCookie: false) else {
-                let refusal = HTTPResponseHead(version: .http1_1, status: .badRequest, headers: ["connection": "close", "content-length": "0"])
-                context.write(wrapOutboundOut(.head(refusal)), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                writeBadRequest(context)
                 context.close(promise: nil)
                 return
             }
             self.head = head
             self.keepAlive = old.isKeepAlive  // HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with keep-alive
+            self.headRequest = old.method == .HEAD
+            self.http11 = old.version.major > 1 || (old.version.major == 1 && old.version.minor >= 1)
             self.body = nil
         case .body(var chunk):
             // Past the limit the rest is dropped: what is kept is already too large for every route.
@@ -365,8 +374,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             guard let head = self.head.take() else { return }
             responding = true
-            let pending = PendingRequest(request: Request(head: head, body: RequestBody(buffer: body.take() ?? ByteBuffer())),
-                                         keepAlive: keepAlive)
+            let pending = PendingRequest(request: Request(head: head, body: RequestBody(buffer: body.take() ?? ByteBuffer())))
             if let waiter {
                 self.waiter = nil
                 waiter.resume(returning: pending)
@@ -397,8 +405,17 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         return context
     }
 
+    /// Writes the head (with `Date` and `Server`), not yet flushed: it leaves with the first body chunk.
     fileprivate func writeHead(_ head: HTTPResponse) throws -> EventLoopFuture<Void>? {
-        try liveContext().write(wrapOutboundOut(.head(HTTPResponseHead(head))), promise: nil)
+        let context = try liveContext()
+        let framing = HTTP1ResponseEncoding.framing(status: head.status, fields: head.headerFields, headRequest: headRequest, http11: http11)
+        if framing == .untilClose { keepAlive = false }
+        self.framing = framing
+        let connection: HTTP1ResponseEncoding.ConnectionHeader = !keepAlive ? .close : http11 ? .none : .keepAlive
+        var buffer = context.channel.allocator.buffer(capacity: 384)
+        HTTP1ResponseEncoding.writeHead(head, framing: framing, connection: connection, date: HTTPDate.now(),
+                                        server: configuration.serverName, into: &buffer)
+        context.write(wrapOutboundOut(buffer), promise: nil)
         return nil
     }
 
@@ -406,7 +423,17 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     /// leaves in one write: its end adds no bytes); returns a future to wait on when the channel is full.
     fileprivate func writeBody(_ buffer: ByteBuffer) throws -> EventLoopFuture<Void>? {
         let context = try liveContext()
-        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        switch framing {
+        case .noBody?, nil:
+            return nil
+        case .chunked?:
+            guard buffer.readableBytes > 0 else { return nil }  // an empty chunk would end the body
+            var chunk = context.channel.allocator.buffer(capacity: buffer.readableBytes + 20)
+            HTTP1ResponseEncoding.writeChunk(buffer, into: &chunk)
+            context.writeAndFlush(wrapOutboundOut(chunk), promise: nil)
+        case .contentLength?, .untilClose?:
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        }
         guard !context.channel.isWritable else { return nil }
         if let writable { return writable.futureResult }
         let promise = context.eventLoop.makePromise(of: Void.self)
@@ -416,7 +443,14 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
 
     fileprivate func writeEnd(_ trailers: HTTPFields?) throws -> EventLoopFuture<Void>? {
         let context = try liveContext()
-        context.writeAndFlush(wrapOutboundOut(.end(trailers.map { HTTPHeaders($0) })), promise: nil)
+        if framing == .chunked {
+            var last = context.channel.allocator.buffer(capacity: 64)
+            HTTP1ResponseEncoding.writeLastChunk(trailers: trailers, into: &last)
+            context.writeAndFlush(wrapOutboundOut(last), promise: nil)
+        } else {
+            context.flush()  // the head, when the body was empty
+        }
+        framing = nil
         responding = false
         switch idle.answered(now: NIODeadline.now().uptimeNanoseconds) {
         case .close:
@@ -424,6 +458,14 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
             return nil
         case .recheck(let at): scheduleIdleCheck(context, at: at)
         case .none: break
+        }
+        if !keepAlive {
+            // What is queued goes out first, then end of file; the client closes (or the idle timeout
+            // does). Requests it sent after this one are not answered.
+            context.close(mode: .output, promise: nil)
+            queued.removeAll()
+            end()
+            return nil
         }
         answered(context)
         return nil

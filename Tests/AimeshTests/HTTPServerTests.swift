@@ -1,7 +1,9 @@
 import Foundation
 @testable import Gateway
+import HTTPTypes
 import MeshCore
 import MockUpstream
+import NIOCore
 import Testing
 
 #if canImport(Glibc)
@@ -115,6 +117,125 @@ import Glibc
             // The node is fine afterwards.
             let ok = try await node.get("/health")
             #expect(ok.status == 200)
+        }
+    }
+
+    /// Undoes chunked framing; nil when the bytes are not well-formed chunks ending in the last chunk.
+    static func dechunk(_ text: Substring) -> String? {
+        var rest = text, body = ""
+        while true {
+            guard let line = rest.range(of: "\r\n"), let size = Int(rest[..<line.lowerBound], radix: 16) else { return nil }
+            rest = rest[line.upperBound...]
+            if size == 0 { return rest == "\r\n" ? body : nil }
+            let utf8 = Array(rest.utf8)
+            guard utf8.count >= size + 2, utf8[size] == 13, utf8[size + 1] == 10 else { return nil }
+            body += String(decoding: utf8[..<size], as: UTF8.self)
+            rest = Substring(String(decoding: utf8[(size + 2)...], as: UTF8.self))
+        }
+    }
+
+    @Test func streamedAnswer_isChunked_andItsChunksCarryEveryEvent() async throws {
+        try await withMocks([.init(name: "a")]) { mocks in
+            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
+            defer { Task { await node.stop() } }
+            let chat = chatBody("m", "stream to me", stream: true).bytes
+            let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
+            let text = try await exchange(node.port, request)
+            let parts = text.components(separatedBy: "\r\n\r\n")
+            let head = parts[0].lowercased()
+            #expect(head.hasPrefix("http/1.1 200 ok") && head.contains("\r\ntransfer-encoding: chunked"), "\(head)")
+            #expect(!head.contains("content-length"), "\(head)")
+            #expect(head.contains("\r\nconnection: close"), "the answer says the connection closes: \(head)")
+            let body = Self.dechunk(text[text.range(of: "\r\n\r\n")!.upperBound...])
+            #expect(body != nil, "well-formed chunks: \(text.suffix(400))")
+            let events = (body ?? "").components(separatedBy: "\n\n").filter { $0.hasPrefix("data: ") }
+            #expect(events.count >= 3 && events.last == "data: [DONE]", "\(body ?? "")")
+        }
+    }
+
+    @Test func headRequest_getsItsHeadWithoutABody_andTheConnectionGoesOn() async throws {
+        try await withMocks([.init(name: "a")]) { mocks in
+            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
+            defer { Task { await node.stop() } }
+            // If the HEAD answer carried a body, the next answer would not start where the client looks.
+            let text = try await exchange(node.port, Array("HEAD /v1/models HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8))
+            let first = text.components(separatedBy: "\r\n\r\n")[0]
+            #expect(first.hasPrefix("HTTP/1.1 "), "\(text.prefix(300))")
+            let second = text[text.range(of: "\r\n\r\n")!.upperBound...]
+            #expect(second.hasPrefix("HTTP/1.1 200 OK"), "the next answer follows the HEAD answer's head at once: \(text.prefix(600))")
+            #expect(second.contains("\"uptime_seconds\""))
+        }
+    }
+
+    @Test func http10Client_withKeepAlive_isToldSo_andServedAgainOnTheSameConnection() async throws {
+        try await withMocks([.init(name: "a")]) { mocks in
+            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
+            defer { Task { await node.stop() } }
+            let text = try await exchange(node.port, Array("GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /v1/models HTTP/1.0\r\n\r\n".utf8))
+            let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
+            #expect(answers.count == 2, "\(text.prefix(800))")
+            #expect(answers.first?.lowercased().contains("\r\nconnection: keep-alive\r\n") == true, "\(text.prefix(400))")
+            #expect(answers.dropFirst().first?.lowercased().contains("\r\nconnection: close\r\n") == true, "\(text.suffix(400))")
+            #expect(answers.dropFirst().first?.contains("\"object\":\"list\"") == true)
+        }
+    }
+
+    // MARK: Answers as bytes (HTTP1ResponseEncoding)
+
+    @Test func encoding_framesEachKindOfAnswer() {
+        typealias E = HTTP1ResponseEncoding
+        let length: HTTPFields = [.contentLength: "5"], none: HTTPFields = [:]
+        #expect(E.framing(status: .ok, fields: length, headRequest: false, http11: true) == .contentLength)
+        #expect(E.framing(status: .ok, fields: none, headRequest: false, http11: true) == .chunked)
+        #expect(E.framing(status: .ok, fields: none, headRequest: false, http11: false) == .untilClose)
+        #expect(E.framing(status: .ok, fields: length, headRequest: false, http11: false) == .contentLength)
+        #expect(E.framing(status: .ok, fields: length, headRequest: true, http11: true) == .noBody)
+        #expect(E.framing(status: .noContent, fields: none, headRequest: false, http11: true) == .noBody)
+        #expect(E.framing(status: .notModified, fields: length, headRequest: false, http11: true) == .noBody)
+        #expect(E.framing(status: .continue, fields: none, headRequest: false, http11: true) == .noBody)
+    }
+
+    @Test func encoding_writesTheHeadAsBytes() {
+        typealias E = HTTP1ResponseEncoding
+        func head(_ response: HTTPResponse, _ framing: ResponseFraming, _ connection: E.ConnectionHeader, server: String? = "aimesh") -> String {
+            var buffer = ByteBuffer()
+            E.writeHead(response, framing: framing, connection: connection, date: "Thu, 03 Dec 2026 07:00:00 GMT", server: server, into: &buffer)
+            return String(buffer: buffer)
+        }
+        // Names go out as HTTPTypes spells them (its well-known names are capitalized).
+        let fields: HTTPFields = [.contentType: "application/json", .contentLength: "2", .date: "theirs", .transferEncoding: "gzip", .connection: "upgrade"]
+        #expect(head(HTTPResponse(status: .ok, headerFields: fields), .contentLength, .none)
+            == "HTTP/1.1 200 OK\r\ndate: Thu, 03 Dec 2026 07:00:00 GMT\r\nserver: aimesh\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
+        #expect(head(HTTPResponse(status: .tooManyRequests, headerFields: [.retryAfter: "3"]), .chunked, .close, server: nil)
+            == "HTTP/1.1 429 Too Many Requests\r\ndate: Thu, 03 Dec 2026 07:00:00 GMT\r\nRetry-After: 3\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        // A 204 carries no length; a HEAD answer keeps the length of what GET would send.
+        #expect(!head(HTTPResponse(status: .noContent, headerFields: [.contentLength: "0"]), .noBody, .keepAlive).lowercased().contains("content-length"))
+        #expect(head(HTTPResponse(status: .ok, headerFields: [.contentLength: "10"]), .noBody, .keepAlive).hasSuffix("Content-Length: 10\r\nconnection: keep-alive\r\n\r\n"))
+        // A value HTTPTypes was given with a line break cannot split the head.
+        let sneaky = head(HTTPResponse(status: .ok, headerFields: [HTTPField.Name("x-note")!: "a\r\nset-cookie: b"]), .chunked, .none)
+        #expect(!sneaky.contains("\r\nset-cookie"), "\(sneaky)")
+        #expect(head(HTTPResponse(status: .init(code: 599, reasonPhrase: "Odd")), .chunked, .none).hasPrefix("HTTP/1.1 599 Odd\r\n"))
+    }
+
+    @Test func encoding_writesChunksAndTheLastChunk() {
+        typealias E = HTTP1ResponseEncoding
+        var buffer = ByteBuffer()
+        E.writeChunk(ByteBuffer(string: String(repeating: "x", count: 300)), into: &buffer)
+        #expect(String(buffer: buffer) == "12c\r\n" + String(repeating: "x", count: 300) + "\r\n")
+        buffer.clear()
+        E.writeChunk(ByteBuffer(string: "ok"), into: &buffer)
+        E.writeLastChunk(trailers: [HTTPField.Name("x-tokens")!: "7"], into: &buffer)
+        #expect(String(buffer: buffer) == "2\r\nok\r\n0\r\nx-tokens: 7\r\n\r\n")
+        buffer.clear()
+        E.writeLastChunk(trailers: nil, into: &buffer)
+        #expect(String(buffer: buffer) == "0\r\n\r\n")
+        for value in [0, 7, 10, 99, 100, 65_535, 1 << 40] {
+            buffer.clear()
+            E.writeDecimal(value, into: &buffer)
+            #expect(String(buffer: buffer) == String(value))
+            buffer.clear()
+            E.writeHex(value, into: &buffer)
+            #expect(String(buffer: buffer) == String(value, radix: 16))
         }
     }
 

@@ -1,0 +1,121 @@
+import HTTPTypes
+import NIOCore
+
+/// How an answer's body is delimited on the wire (RFC 9112 §6).
+enum ResponseFraming: Equatable {
+    /// No body bytes go out: the answer to a HEAD request, or a 1xx, 204 or 304 status.
+    case noBody
+    case contentLength
+    case chunked
+    /// An HTTP/1.0 client and no length: the body ends when the connection closes.
+    case untilClose
+}
+
+/// Writes HTTP/1.1 answers straight from HTTPTypes' `HTTPResponse` into bytes: what NIO's
+/// `HTTPResponseEncoder` does after NIOHTTPTypesHTTP1 has converted the head to NIO's `HTTPResponseHead`,
+/// without the conversion (an array of header pairs built and dropped for every answer) and with the framing
+/// rules here, where they can be tested. Field names and values are safe to write as they are: HTTPTypes
+/// refuses a name that is not a token and turns CR, LF and NUL in a value into spaces.
+enum HTTP1ResponseEncoding {
+    /// The body's framing for an answer with this status and fields, to a request with this method and
+    /// version. An answer's own `Content-Length` is kept (also for HEAD, which describes the GET answer);
+    /// without one, HTTP/1.1 gets chunked and HTTP/1.0 gets the body up to the close.
+    static func framing(status: HTTPResponse.Status, fields: HTTPFields, headRequest: Bool, http11: Bool) -> ResponseFraming {
+        if status.code < 200 || status.code == 204 || status.code == 304 { return .noBody }
+        if headRequest { return .noBody }
+        if fields[.contentLength] != nil { return .contentLength }
+        return http11 ? .chunked : .untilClose
+    }
+
+    /// The head: status line, `Date` and `Server`, the answer's fields (less the framing fields this
+    /// encoder writes itself, and any `Date`, `Server` or `Connection` of its own), the framing field, and
+    /// `Connection: close` or `keep-alive` when the client needs telling.
+    static func writeHead(_ response: HTTPResponse, framing: ResponseFraming, connection: ConnectionHeader,
+                          date: String, server: String?, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("HTTP/1.1 ")
+        writeDecimal(response.status.code, into: &buffer)
+        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeString(response.status.reasonPhrase)
+        buffer.writeStaticString("\r\ndate: ")
+        buffer.writeString(date)
+        if let server {
+            buffer.writeStaticString("\r\nserver: ")
+            buffer.writeString(server)
+        }
+        let keepsLength = framing == .contentLength || (framing == .noBody && response.status.code >= 200 && response.status.code != 204 && response.status.code != 304)
+        for field in response.headerFields {
+            let name = field.name
+            if name == .date || name == .server || name == .connection || name == .transferEncoding { continue }
+            if name == .contentLength, !keepsLength { continue }
+            buffer.writeStaticString("\r\n")
+            buffer.writeString(name.rawName)
+            buffer.writeStaticString(": ")
+            buffer.writeString(field.value)
+        }
+        if framing == .chunked { buffer.writeStaticString("\r\ntransfer-encoding: chunked") }
+        switch connection {
+        case .none: break
+        case .close: buffer.writeStaticString("\r\nconnection: close")
+        case .keepAlive: buffer.writeStaticString("\r\nconnection: keep-alive")
+        }
+        buffer.writeStaticString("\r\n\r\n")
+    }
+
+    enum ConnectionHeader {
+        case none, close, keepAlive
+    }
+
+    /// One chunk of a chunked body: size in hex, the bytes, CRLF. (An empty chunk would end the body; the
+    /// caller writes none.)
+    static func writeChunk(_ chunk: ByteBuffer, into buffer: inout ByteBuffer) {
+        writeHex(chunk.readableBytes, into: &buffer)
+        buffer.writeStaticString("\r\n")
+        var chunk = chunk
+        buffer.writeBuffer(&chunk)
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// The last chunk and the trailer fields.
+    static func writeLastChunk(trailers: HTTPFields?, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("0\r\n")
+        for field in trailers ?? [:] {
+            buffer.writeString(field.name.rawName)
+            buffer.writeStaticString(": ")
+            buffer.writeString(field.value)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+    }
+
+    /// The answer to a request that cannot be parsed; the connection closes after it.
+    static let badRequest: StaticString = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+
+    static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
+        precondition(value >= 0)
+        if value < 10 { buffer.writeInteger(UInt8(ascii: "0") + UInt8(value)); return }
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { raw in
+            var index = raw.count, rest = value
+            while rest > 0 {
+                index -= 1
+                raw[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[index...]))
+        }
+    }
+
+    static func writeHex(_ value: Int, into buffer: inout ByteBuffer) {
+        precondition(value >= 0)
+        let hex: StaticString = "0123456789abcdef"
+        var shift = 0
+        while shift < 60, value >> (shift + 4) != 0 { shift += 4 }
+        hex.withUTF8Buffer { hex in
+            while shift >= 0 {
+                buffer.writeInteger(hex[(value >> shift) & 0xF])
+                shift -= 4
+            }
+        }
+    }
+}
