@@ -23,7 +23,7 @@ enum HTTP1ResponseEncoding {
     static func framing(status: HTTPResponse.Status, fields: HTTPFields, headRequest: Bool, http11: Bool) -> ResponseFraming {
         if status.code < 200 || status.code == 204 || status.code == 304 { return .noBody }
         if headRequest { return .noBody }
-        if fields[.contentLength] != nil { return .contentLength }
+        if fields.contains(.contentLength) { return .contentLength }
         return http11 ? .chunked : .untilClose
     }
 
