@@ -141,6 +141,7 @@ let package = Package(
             dependencies: [
                 "MeshCore", "Sodium", "CurlHTTP", "NodeConfig", "Routing", "Providers", "Ledger", "Gateway",
                 "MockUpstream", "Node", "Wire", "Membership", "MeshState", "MeshSim", "Transport",
+                .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -1,4 +1,5 @@
 import HTTPTypes
+import CurlHTTP
 import Hummingbird
 import HummingbirdCore
 import Logging
@@ -355,7 +356,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         switch part {
         case .head(let old):
             // HTTPTypes' request (what the router and the gateway read), as NIOHTTPTypesHTTP1's codec makes it.
-            guard let head = try? HTTPRequest(old, secure: false, splitCookie: false) else {
+            guard let head = try? Self.request(from: old) else {
                 writeBadRequest(context)
                 context.close(promise: nil)
                 return
@@ -382,6 +383,26 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
                 ready = pending
             }
         }
+    }
+
+    /// HTTPTypes' request for NIO's head, as NIOHTTPTypesHTTP1's `HTTPRequest(_:secure:splitCookie:)` makes
+    /// it (authority from the first `Host`, which leaves the fields; names that are not tokens dropped;
+    /// `Cookie` not split). A path in origin form (`/…`, what every client sends to a gateway) is taken as
+    /// it is; that initializer parses each one with Foundation's `URLComponents` to find out, and compares
+    /// every name with a lowercased copy of it until it meets `Host`. Other forms go to it.
+    static func request(from old: HTTPRequestHead) throws -> HTTPRequest {
+        guard old.uri.utf8.first == UInt8(ascii: "/") else { return try HTTPRequest(old, secure: false, splitCookie: false) }
+        var fields = HTTPFields()
+        fields.reserveCapacity(old.headers.count)
+        var authority: String?
+        for (name, value) in old.headers {
+            if authority == nil, name.equalsIgnoringASCIICase("host") {
+                authority = value
+            } else if let name = HTTPField.Name(name) {
+                fields.append(HTTPField(name: name, value: value))
+            }
+        }
+        return HTTPRequest(method: try HTTPRequest.Method(old.method), scheme: "http", authority: authority, path: old.uri, headerFields: fields)
     }
 
     /// After an answer: the requests that waited, then a held read, then a close the client asked for.

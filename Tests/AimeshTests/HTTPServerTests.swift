@@ -4,6 +4,8 @@ import HTTPTypes
 import MeshCore
 import MockUpstream
 import NIOCore
+import NIOHTTP1
+import NIOHTTPTypesHTTP1
 import Testing
 
 #if canImport(Glibc)
@@ -178,6 +180,24 @@ import Glibc
             #expect(answers.dropFirst().first?.lowercased().contains("\r\nconnection: close\r\n") == true, "\(text.suffix(400))")
             #expect(answers.dropFirst().first?.contains("\"object\":\"list\"") == true)
         }
+    }
+
+    @Test func requestConversion_matchesNIOHTTPTypesHTTP1() throws {
+        var heads: [HTTPRequestHead] = []
+        heads.append(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions?x=1",
+                                     headers: ["Host": "node:8080", "Content-Type": "application/json", "host": "second", "Cookie": "a=1; b=2"]))
+        heads.append(HTTPRequestHead(version: .http1_0, method: .GET, uri: "/health", headers: ["X-Note": "value", "bad name": "dropped"]))
+        heads.append(HTTPRequestHead(version: .http1_1, method: .RAW(value: "QUERY"), uri: "/", headers: [:]))
+        heads.append(HTTPRequestHead(version: .http1_1, method: .GET, uri: "http://node:8080/v1/models?all=1", headers: ["HOST": "node:8080"]))
+        for head in heads {
+            let mine = try LeanHTTP1Handler.request(from: head)
+            let theirs = try HTTPRequest(head, secure: false, splitCookie: false)
+            #expect(mine == theirs, "\(head)")
+        }
+        #expect(try LeanHTTP1Handler.request(from: heads[3]).path == "/v1/models?all=1", "absolute form is reduced to its path")
+        let converted = try LeanHTTP1Handler.request(from: heads[0])
+        #expect(converted.authority == "node:8080" && converted.headerFields[HTTPField.Name("host")!] == "second", "only the first Host leaves the fields")
+        #expect(throws: (any Error).self) { try LeanHTTP1Handler.request(from: HTTPRequestHead(version: .http1_1, method: .RAW(value: "BAD METHOD"), uri: "/", headers: [:])) }
     }
 
     // MARK: Answers as bytes (HTTP1ResponseEncoding)
