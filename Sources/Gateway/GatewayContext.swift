@@ -60,9 +60,8 @@ enum JSONResponse {
     static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, completeHeaders headers: HTTPFields) -> Response {
         var headers = headers
         headers.append(HTTPField(name: .contentLength, value: String(bytes.count)))
-        var buffer = ByteBuffer()
-        buffer.writeBytes(bytes)
-        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: buffer))
+        // Sized at once (an empty buffer grew to a power of two, copying what it had).
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }
 

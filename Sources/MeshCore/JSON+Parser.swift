@@ -116,8 +116,10 @@ private struct Cursor {
         self.limits = limits
         self.recordTopLevel = recordTopLevel
         self.recordRanges = recordTopLevel && recordRanges
-        // A request or an answer has a dozen top-level members at most: one allocation, no regrowth.
-        if self.recordRanges { topLevelRanges.reserveCapacity(16) }
+        // A request or an answer has a dozen top-level members at most: one allocation, no regrowth. Room for
+        // 12 is 16 buckets, under 1 KiB: glibc's malloc sweeps all its small free chunks together
+        // (`malloc_consolidate`) before every request of 1 KiB or more, and room for 16 was 1 KiB.
+        if self.recordRanges { topLevelRanges.reserveCapacity(12) }
     }
 
     func error(at offset: Int, _ reason: String) -> JSONParseError {
