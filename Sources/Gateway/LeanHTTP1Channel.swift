@@ -432,7 +432,10 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         let framing = HTTP1ResponseEncoding.framing(status: head.status, fields: head.headerFields, headRequest: headRequest, http11: http11)
         if framing == .untilClose { keepAlive = false }
         self.framing = framing
-        let connection: HTTP1ResponseEncoding.ConnectionHeader = !keepAlive ? .close : http11 ? .none : .keepAlive
+        // The client is told when this answer is the connection's last: it asked, or the node is shutting down
+        // and owes no other answer on it.
+        let last = !keepAlive || (idle.closeWhenAnswered && idle.inProgress == 1)
+        let connection: HTTP1ResponseEncoding.ConnectionHeader = last ? .close : http11 ? .none : .keepAlive
         var buffer = context.channel.allocator.buffer(capacity: 384)
         HTTP1ResponseEncoding.writeHead(head, framing: framing, connection: connection, date: HTTPDate.now(),
                                         server: configuration.serverName, into: &buffer)

@@ -274,6 +274,7 @@ import Glibc
             let text = try await answer
             #expect(text.hasPrefix("HTTP/1.1 200 OK"), "\(text.prefix(300))")
             #expect(text.contains("\"chat.completion\""))
+            #expect(text.lowercased().contains("\r\nconnection: close\r\n"), "the last answer says so: \(text.prefix(400))")
             #expect(await eventually(.seconds(5)) { closedByPeer(idle) }, "the idle connection was closed")
         }
     }
