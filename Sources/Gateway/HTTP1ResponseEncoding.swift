@@ -87,6 +87,9 @@ enum HTTP1ResponseEncoding {
         buffer.writeStaticString("\r\n")
     }
 
+    /// The interim answer to `Expect: 100-continue`.
+    static let `continue`: StaticString = "HTTP/1.1 100 Continue\r\n\r\n"
+
     /// The answer to a request that cannot be parsed; the connection closes after it.
     static let badRequest: StaticString = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 

@@ -183,6 +183,9 @@ struct ConnectionIdleState {
         return now >= deadline ? .close : .recheck(at: deadline)
     }
 
+    /// The answer being written is the connection's last: it is quiescing and owes no other.
+    var answeringLast: Bool { closeWhenAnswered && inProgress == 1 }
+
     /// Graceful shutdown: true when the connection may close now; otherwise it closes after its answers.
     mutating func quiesce() -> Bool {
         if inProgress > 0 { closeWhenAnswered = true; return false }
@@ -366,6 +369,12 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
             self.headRequest = old.method == .HEAD
             self.http11 = old.version.major > 1 || (old.version.major == 1 && old.version.minor >= 1)
             self.body = nil
+            // A client that waits to be asked for its body (curl does past 1 MiB, for up to a second) is asked.
+            if http11, let expect = old.headers.first(name: "expect"), expect.equalsIgnoringASCIICase("100-continue") {
+                var interim = context.channel.allocator.buffer(capacity: HTTP1ResponseEncoding.continue.utf8CodeUnitCount)
+                interim.writeStaticString(HTTP1ResponseEncoding.continue)
+                context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+            }
         case .body(var chunk):
             // Past the limit the rest is dropped: what is kept is already too large for every route.
             let room = configuration.maxBodyBytes + 1 - (body?.readableBytes ?? 0)
@@ -434,7 +443,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         self.framing = framing
         // The client is told when this answer is the connection's last: it asked, or the node is shutting down
         // and owes no other answer on it.
-        let last = !keepAlive || (idle.closeWhenAnswered && idle.inProgress == 1)
+        let last = !keepAlive || idle.answeringLast
         let connection: HTTP1ResponseEncoding.ConnectionHeader = last ? .close : http11 ? .none : .keepAlive
         var buffer = context.channel.allocator.buffer(capacity: 384)
         HTTP1ResponseEncoding.writeHead(head, framing: framing, connection: connection, date: HTTPDate.now(),
