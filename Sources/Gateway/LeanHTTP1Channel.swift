@@ -359,11 +359,13 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         switch part {
         case .head(let old):
             // HTTPTypes' request (what the router and the gateway read), as NIOHTTPTypesHTTP1's codec makes it.
-            guard let head = try? Self.request(from: old) else {
+            guard var head = try? Self.request(from: old) else {
                 writeBadRequest(context)
                 context.close(promise: nil)
                 return
             }
+            // HEAD is GET without the body (RFC 9110 §9.3.2): the router answers it as GET, the body is not sent.
+            if head.method == .head { head.method = .get }
             self.head = head
             self.keepAlive = old.isKeepAlive  // HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with keep-alive
             self.headRequest = old.method == .HEAD
