@@ -21,10 +21,14 @@ enum HTTP1ResponseEncoding {
     /// version. An answer's own `Content-Length` is kept (also for HEAD, which describes the GET answer);
     /// without one, HTTP/1.1 gets chunked and HTTP/1.0 gets the body up to the close.
     static func framing(status: HTTPResponse.Status, fields: HTTPFields, headRequest: Bool, http11: Bool) -> ResponseFraming {
-        if status.code < 200 || status.code == 204 || status.code == 304 { return .noBody }
-        if headRequest { return .noBody }
+        if statusForbidsBody(status) || headRequest { return .noBody }
         if fields.contains(.contentLength) { return .contentLength }
         return http11 ? .chunked : .untilClose
+    }
+
+    /// 1xx, 204 and 304 answers have no body and no length (RFC 9110 §6.4.1, §8.6).
+    static func statusForbidsBody(_ status: HTTPResponse.Status) -> Bool {
+        status.code < 200 || status.code == 204 || status.code == 304
     }
 
     /// The head: status line, `Date` and `Server`, the answer's fields (less the framing fields this
@@ -32,9 +36,11 @@ enum HTTP1ResponseEncoding {
     /// `Connection: close` or `keep-alive` when the client needs telling.
     static func writeHead(_ response: HTTPResponse, framing: ResponseFraming, connection: ConnectionHeader,
                           date: String, server: String?, into buffer: inout ByteBuffer) {
+        // HTTPTypes keeps codes within 0...999: three digits.
+        let code = response.status.code
         buffer.writeStaticString("HTTP/1.1 ")
-        writeDecimal(response.status.code, into: &buffer)
-        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeMultipleIntegers(UInt8(ascii: "0") + UInt8(code / 100), UInt8(ascii: "0") + UInt8(code / 10 % 10),
+                                     UInt8(ascii: "0") + UInt8(code % 10), UInt8(ascii: " "))
         buffer.writeString(response.status.reasonPhrase)
         buffer.writeStaticString("\r\ndate: ")
         buffer.writeString(date)
@@ -42,7 +48,8 @@ enum HTTP1ResponseEncoding {
             buffer.writeStaticString("\r\nserver: ")
             buffer.writeString(server)
         }
-        let keepsLength = framing == .contentLength || (framing == .noBody && response.status.code >= 200 && response.status.code != 204 && response.status.code != 304)
+        // A HEAD answer keeps the length of what GET would send; a status without a body has none.
+        let keepsLength = framing == .contentLength || (framing == .noBody && !statusForbidsBody(response.status))
         for field in response.headerFields {
             let name = field.name
             if name == .date || name == .server || name == .connection || name == .transferEncoding { continue }
@@ -92,22 +99,6 @@ enum HTTP1ResponseEncoding {
 
     /// The answer to a request that cannot be parsed; the connection closes after it.
     static let badRequest: StaticString = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-
-    static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
-        precondition(value >= 0)
-        if value < 10 { buffer.writeInteger(UInt8(ascii: "0") + UInt8(value)); return }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { raw in
-            var index = raw.count, rest = value
-            while rest > 0 {
-                index -= 1
-                raw[index] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            }
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[index...]))
-        }
-    }
 
     static func writeHex(_ value: Int, into buffer: inout ByteBuffer) {
         precondition(value >= 0)

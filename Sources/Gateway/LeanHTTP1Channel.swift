@@ -327,14 +327,15 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     /// read: the connection cannot go on.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if error is HTTPParserError, framing == nil, context.channel.isActive {
-            writeBadRequest(context)
+            writeFixed(HTTP1ResponseEncoding.badRequest, context)
         }
         context.close(promise: nil)
     }
 
-    private func writeBadRequest(_ context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: HTTP1ResponseEncoding.badRequest.utf8CodeUnitCount)
-        buffer.writeStaticString(HTTP1ResponseEncoding.badRequest)
+    /// Writes and flushes a fixed answer (400, or 100 Continue).
+    private func writeFixed(_ text: StaticString, _ context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: text.utf8CodeUnitCount)
+        buffer.writeStaticString(text)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
     }
 
@@ -360,7 +361,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let old):
             // HTTPTypes' request (what the router and the gateway read), as NIOHTTPTypesHTTP1's codec makes it.
             guard var head = try? Self.request(from: old) else {
-                writeBadRequest(context)
+                writeFixed(HTTP1ResponseEncoding.badRequest, context)
                 context.close(promise: nil)
                 return
             }
@@ -373,9 +374,7 @@ final class LeanHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
             self.body = nil
             // A client that waits to be asked for its body (curl does past 1 MiB, for up to a second) is asked.
             if http11, let expect = old.headers.first(name: "expect"), expect.equalsIgnoringASCIICase("100-continue") {
-                var interim = context.channel.allocator.buffer(capacity: HTTP1ResponseEncoding.continue.utf8CodeUnitCount)
-                interim.writeStaticString(HTTP1ResponseEncoding.continue)
-                context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+                writeFixed(HTTP1ResponseEncoding.continue, context)
             }
         case .body(var chunk):
             // Past the limit the rest is dropped: what is kept is already too large for every route.

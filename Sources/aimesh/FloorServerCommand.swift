@@ -68,7 +68,7 @@ struct FloorServerCommand: AsyncParsableCommand {
         let responder = router.buildResponder()
         let server: HTTPServerBuilder = stack == .hummingbird ? .http1()
             : HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: .init(maxBodyBytes: 1 << 20, serverName: "floor")) }
-        let app = Application(router: router, server: server, configuration: .init(address: .hostname(address.host, port: address.port), serverName: "floor"), logger: logger)
+        let app = Application(responder: responder, server: server, configuration: .init(address: .hostname(address.host, port: address.port), serverName: "floor"), logger: logger)
         print("floor server (\(stack.rawValue)) on \(address)")
         try await app.runService()
     }

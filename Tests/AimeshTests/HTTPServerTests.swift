@@ -26,10 +26,18 @@ import Glibc
         "providers:\n  only: { type: local, base_url: \(mock.baseURL)/v1, models: [ { name: m } ] }\n"
     }
 
+    /// A node serving model `m` from one mock, for `body`; stopped (awaited) before the mock goes.
+    func withNode(_ mock: MockUpstream.Configuration = .init(name: "a"), serverExtra: String = "",
+                  _ body: (TestNode, MockUpstream) async throws -> Void) async throws {
+        try await withMocks([mock]) { mocks in
+            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]), serverExtra: serverExtra)
+            do { try await body(node, mocks[0]) } catch { await node.stop(); throw error }
+            await node.stop()
+        }
+    }
+
     @Test func pipelinedRequests_areAnsweredInOrder_evenWhenTheFirstIsSlowest() async throws {
-        try await withMocks([.init(name: "slow", latency: .milliseconds(150))]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode(.init(name: "slow", latency: .milliseconds(150))) { node, mock in
             // One write: a chat request that waits 150 ms on its upstream, then two quick ones, the last
             // asking to close.
             let requests = Self.chatRequest("first in line")
@@ -42,14 +50,12 @@ import Glibc
                 answer.contains("\"chat.completion\"") ? "chat" : answer.contains("\"uptime_seconds\"") ? "health" : answer.contains("\"object\":\"list\"") ? "models" : "?"
             }
             #expect(order == ["chat", "health", "models"], "\(text.prefix(800))")
-            #expect(mocks[0].requestCount == 1)
+            #expect(mock.requestCount == 1)
         }
     }
 
     @Test func manyPipelinedRequests_allAnswered_inOrder() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             // 300 requests in one write: more than the handler holds before it stops reading.
             var requests: [UInt8] = []
             for i in 0..<300 {
@@ -61,18 +67,14 @@ import Glibc
     }
 
     @Test func http10Client_withoutKeepAlive_getsItsAnswer_thenTheConnectionCloses() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             let text = try await exchange(node.port, Array("GET /health HTTP/1.0\r\n\r\n".utf8))
             #expect(text.contains(" 200 OK\r\n") && text.contains("\"uptime_seconds\""), "\(text.prefix(300))")
         }
     }
 
     @Test func halfClosedClient_getsItsAnswer_thenTheConnectionCloses() async throws {
-        try await withMocks([.init(name: "a", latency: .milliseconds(50))]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode(.init(name: "a", latency: .milliseconds(50))) { node, mock in
             let text = try await exchange(node.port, Self.chatRequest("then I stop sending"), halfClose: true)
             #expect(text.hasPrefix("HTTP/1.1 200 OK"), "\(text.prefix(300))")
             #expect(text.contains("\"chat.completion\""))
@@ -80,9 +82,7 @@ import Glibc
     }
 
     @Test func answers_carryDateServerAndLength() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             let text = try await exchange(node.port, Array("GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8))
             let head = text.components(separatedBy: "\r\n\r\n")[0].lowercased()
             #expect(head.contains("\r\nserver: aimesh"), "\(head)")
@@ -94,9 +94,7 @@ import Glibc
     }
 
     @Test func chunkedBodyPastTheLimit_is413_andTheConnectionServesTheNextRequest() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]), serverExtra: "max_request_size: 2KB")
-            defer { Task { await node.stop() } }
+        try await withNode(serverExtra: "max_request_size: 2KB") { node, mock in
             // No Content-Length, so only counting the chunks can tell: 3 × 1,500 bytes against 2 KB.
             var request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
             for _ in 0..<3 { request += Array("5dc\r\n".utf8) + [UInt8](repeating: 0x78, count: 1500) + Array("\r\n".utf8) }
@@ -106,14 +104,12 @@ import Glibc
             #expect(answers.first?.hasPrefix("413") == true, "\(text.prefix(500))")
             #expect(answers.first?.contains("max_request_size") == true, "the error names the setting: \(text.prefix(500))")
             #expect(answers.dropFirst().first?.hasPrefix("200 OK") == true, "the next request on the connection: \(text.suffix(300))")
-            #expect(mocks[0].requestCount == 0)
+            #expect(mock.requestCount == 0)
         }
     }
 
     @Test func bytesThatAreNotHTTP_get400_andTheConnectionCloses() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             let text = try await exchange(node.port, Array("\u{01}\u{02} this is not HTTP at all\r\n\r\n".utf8))
             #expect(text.hasPrefix("HTTP/1.1 400"), "\(text.prefix(200))")
             // The node is fine afterwards.
@@ -137,9 +133,7 @@ import Glibc
     }
 
     @Test func streamedAnswer_isChunked_andItsChunksCarryEveryEvent() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             let chat = chatBody("m", "stream to me", stream: true).bytes
             let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: \(chat.count)\r\n\r\n".utf8) + chat
             let text = try await exchange(node.port, request)
@@ -156,9 +150,7 @@ import Glibc
     }
 
     @Test func headRequest_getsItsHeadWithoutABody_andTheConnectionGoesOn() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             // If the HEAD answer carried a body, the next answer would not start where the client looks.
             let text = try await exchange(node.port, Array("HEAD /v1/models HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".utf8))
             let first = text.components(separatedBy: "\r\n\r\n")[0]
@@ -171,9 +163,7 @@ import Glibc
     }
 
     @Test func clientExpecting100Continue_isAskedForItsBody_beforeSendingIt() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             let chat = chatBody("m", "may I?").bytes
             let head = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: \(chat.count)\r\n\r\n".utf8)
             let fd = try connectLoopback(node.port)
@@ -203,9 +193,7 @@ import Glibc
     }
 
     @Test func http10Client_withKeepAlive_isToldSo_andServedAgainOnTheSameConnection() async throws {
-        try await withMocks([.init(name: "a")]) { mocks in
-            let node = try await TestNode.start(yaml: Self.oneModel(mocks[0]))
-            defer { Task { await node.stop() } }
+        try await withNode() { node, mock in
             let text = try await exchange(node.port, Array("GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /v1/models HTTP/1.0\r\n\r\n".utf8))
             let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
             #expect(answers.count == 2, "\(text.prefix(800))")
@@ -268,6 +256,8 @@ import Glibc
         let sneaky = head(HTTPResponse(status: .ok, headerFields: [HTTPField.Name("x-note")!: "a\r\nset-cookie: b"]), .chunked, .none)
         #expect(!sneaky.contains("\r\nset-cookie"), "\(sneaky)")
         #expect(head(HTTPResponse(status: .init(code: 599, reasonPhrase: "Odd")), .chunked, .none).hasPrefix("HTTP/1.1 599 Odd\r\n"))
+        #expect(head(HTTPResponse(status: .init(code: 103, reasonPhrase: "Early Hints")), .noBody, .none).hasPrefix("HTTP/1.1 103 Early Hints\r\n"))
+        #expect(head(HTTPResponse(status: .init(code: 7, reasonPhrase: "")), .noBody, .none).hasPrefix("HTTP/1.1 007 \r\n"))
     }
 
     @Test func encoding_writesChunksAndTheLastChunk() {
@@ -283,9 +273,6 @@ import Glibc
         E.writeLastChunk(trailers: nil, into: &buffer)
         #expect(String(buffer: buffer) == "0\r\n\r\n")
         for value in [0, 7, 10, 99, 100, 65_535, 1 << 40] {
-            buffer.clear()
-            E.writeDecimal(value, into: &buffer)
-            #expect(String(buffer: buffer) == String(value))
             buffer.clear()
             E.writeHex(value, into: &buffer)
             #expect(String(buffer: buffer) == String(value, radix: 16))

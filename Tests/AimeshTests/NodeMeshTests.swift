@@ -20,6 +20,7 @@ struct NodeMeshTests {
         try "#!/bin/sh\necho 'NVIDIA GeForce RTX 4090, 24564, 1234, 37'\n".write(toFile: script, atomically: true, encoding: .utf8)
         chmod(script, 0o755)
         GPUProbe.command.withLock { $0 = script }
+        defer { GPUProbe.command.withLock { $0 = "nvidia-smi" } }  // other tests' nodes see no fake GPU
 
         try await withMocks([.init(name: "gpu")]) { mocks in
             let a = try await TestNode.start(yaml: """
