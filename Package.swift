@@ -142,6 +142,7 @@ let package = Package(
                 "MeshCore", "Sodium", "CurlHTTP", "NodeConfig", "Routing", "Providers", "Ledger", "Gateway",
                 "MockUpstream", "Node", "Wire", "Membership", "MeshState", "MeshSim", "Transport",
                 .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -206,9 +206,12 @@ public struct Swim: Sendable {
         return out
     }
 
-    /// The earliest time `tick` has work to do (for a shell that sleeps until then).
+    /// The earliest time `tick` has work to do (for a shell that sleeps until then). A gossip round counts
+    /// only when there is something to gossip: an idle node wakes for its probes, not ten times a second for
+    /// rounds that would send nothing. A broadcast queued while the shell sleeps makes this earlier (the
+    /// shell compares after every change, `MeshService.mutate`).
     public var nextDeadline: Duration {
-        var next = min(nextProbeAt, nextGossipAt)
+        var next = broadcasts.isEmpty ? nextProbeAt : min(nextProbeAt, nextGossipAt)
         if let probe { next = min(next, probe.acked ? next : (probe.indirectSent ? probe.deadline : probe.indirectAt)) }
         for relay in relays.values { next = min(next, relay.nackSent ? relay.expires : relay.nackAt) }
         for suspicion in suspicions.values { next = min(next, suspicion.deadline) }

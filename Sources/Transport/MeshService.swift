@@ -66,6 +66,9 @@ public final class MeshService: Service, Sendable {
         var started = false
         var keys: KeyStore
         var replay = ReplayGuard()
+        /// When the run loop will next wake by itself; nil while it is awake (it reads the agent's deadline
+        /// again before it sleeps).
+        var sleepingUntil: Duration?
     }
 
     public let identity: Ed25519.KeyPair
@@ -91,6 +94,8 @@ public final class MeshService: Service, Sendable {
     /// packets than a node sends between two writes of it.
     static let stampRestartMargin: UInt64 = 1_000_000
     let stopping = Atomic<Bool>(false)
+    /// Where the run loop sleeps; rung when the agent gets a timer earlier than the loop's wake-up.
+    let doorbell: Doorbell
     /// Tasks waiting for a member to be declared dead or to leave (`waitUntilGone`).
     private let goneWaiters = Mutex<[NodeID: [GoneWaiter]]>([:])
     /// Called for every refused packet or record (reason), for metrics.
@@ -115,6 +120,7 @@ public final class MeshService: Service, Sendable {
         // NIO's shared group: never shut down, so an exchange still connecting while the service
         // stops cannot strand a promise on a dead event loop.
         self.group = MultiThreadedEventLoopGroup.singleton
+        self.doorbell = Doorbell(loop: group.next())
         // Above the persisted stamp by a margin: packets stamped after the last write of it (the 5 s
         // between writes before a crash, or a send racing `stop()`) may have reached peers, and with the
         // clock behind, stamps count up by one from the floor and would repeat them.
@@ -152,6 +158,7 @@ public final class MeshService: Service, Sendable {
             await self.runLoop()
         } onGracefulShutdown: {
             self.stopping.store(true, ordering: .relaxed)
+            self.doorbell.ring()
         }
         await leave()
         await stop()
@@ -202,7 +209,7 @@ public final class MeshService: Service, Sendable {
         let seeds = (settings.seeds + (persistence?.knownPeers() ?? [])).filter { $0 != self.address }
         var unique: [PeerAddress] = []
         for seed in seeds where !unique.contains(seed) { unique.append(seed) }
-        let outputs = state.withLock { state in
+        let outputs = mutate { state in
             state.started = true
             return state.agent.join(seeds: unique, now: self.now)
         }
@@ -278,12 +285,21 @@ public final class MeshService: Service, Sendable {
         var lastCheck = ContinuousClock.now
         var lastPersist = ContinuousClock.now
         while !stopping.load(ordering: .relaxed) {
-            // Sleep until the state machine's next timer (probe, gossip round, push-pull, …), at most 50 ms:
-            // a timer armed by a packet received meanwhile is then at most that late. An idle node wakes
-            // about 20 times a second instead of 100.
-            let wait = state.withLock { $0.agent.nextDeadline } - now
-            try? await Task.sleep(for: min(.milliseconds(50), max(.milliseconds(1), wait)))
+            // Sleep until the state machine's next timer (a probe, a gossip round with something to send,
+            // push-pull, …) or the next re-advertise check or persist, whichever comes first. Whatever gives
+            // the agent an earlier timer meanwhile (a packet, a broadcast queued) rings the doorbell
+            // (`mutate`), so nothing waits for a polling interval. An idle node wakes for its probes only.
+            let housekeeping = min(lastCheck + settings.readvertiseCheck, lastPersist + Self.persistInterval) - ContinuousClock.now
+            let wait = state.withLock { state -> Duration in
+                let now = self.now
+                let wait = min(state.agent.nextDeadline - now, housekeeping)
+                state.sleepingUntil = now + wait
+                return wait
+            }
+            await doorbell.wait(for: max(.milliseconds(1), wait))
+            guard !stopping.load(ordering: .relaxed) else { break }
             let outputs = state.withLock { state -> [AgentOutput] in
+                state.sleepingUntil = nil
                 state.agent.store.wallNowMillis = wallClockMillis()
                 return state.agent.tick(now: self.now)
             }
@@ -293,7 +309,7 @@ public final class MeshService: Service, Sendable {
                 lastCheck = .now
                 readvertiseIfChanged(force: false)
             }
-            if ContinuousClock.now - lastPersist >= .seconds(5) {
+            if ContinuousClock.now - lastPersist >= Self.persistInterval {
                 lastPersist = .now
                 let peers = members().filter { $0.status == .alive }.map { (address: $0.address, node: $0.id) }
                 persistence?.rememberPeers(peers, nowMillis: wallClockMillis())
@@ -302,9 +318,25 @@ public final class MeshService: Service, Sendable {
         }
     }
 
+    /// How often the run loop saves the live peers and the stamp floor.
+    static let persistInterval: Duration = .seconds(5)
+
+    /// Changes the state and rings the run loop's doorbell when that left the agent a timer earlier than
+    /// the one the loop sleeps until (a suspicion to time out, a relayed probe to answer, a broadcast to
+    /// gossip).
+    func mutate<Result: Sendable>(_ body: (inout State) -> Result) -> Result {
+        let (result, wake) = state.withLock { state -> (Result, Bool) in
+            let result = body(&state)
+            return (result, state.sleepingUntil.map { state.agent.nextDeadline < $0 } ?? false)
+        }
+        if wake { doorbell.ring() }
+        return result
+    }
+
     /// Graceful leave: tells peers, so they mark this node `left` at once instead of suspecting it.
     public func leave() async {
         stopping.store(true, ordering: .relaxed)
+        doorbell.ring()
         let outputs = state.withLock { $0.agent.swim.leave(now: self.now) }
         // The goodbyes are written before this returns (sendto), so the socket may close after.
         for case .send(let to, let messages) in outputs {
@@ -314,6 +346,7 @@ public final class MeshService: Service, Sendable {
 
     public func stop() async {
         stopping.store(true, ordering: .relaxed)
+        doorbell.ring()
         udp.withLock { $0 }?.close()
         let channels = [tcp.withLock { $0 }].compactMap { $0 }
         for channel in channels { try? await channel.close() }
@@ -346,7 +379,7 @@ public final class MeshService: Service, Sendable {
         record.issuedAtMillis = wall
         record.expiresAtMillis = wall + ttlMillis
         let bytes = record.signed(by: identity)
-        state.withLock { state in
+        mutate { state in
             state.agent.store.wallNowMillis = wall
             state.ownVersion = version
             state.lastFingerprint = fingerprint
@@ -369,7 +402,7 @@ public final class MeshService: Service, Sendable {
             return
         }
         guard decoded.sender != nodeID, let messages = admit(decoded, source: source) else { return }
-        let outputs = state.withLock { state in
+        let outputs = mutate { state in
             state.agent.store.wallNowMillis = wallClockMillis()
             let rttProbe = state.agent.swim.pendingProbeStart(for: messages)
             let out = state.agent.receive(messages, from: decoded.sender, source: source, now: self.now)
@@ -480,7 +513,7 @@ public final class MeshService: Service, Sendable {
         guard decoded.sender != nodeID, let messages = admit(decoded, source: source) else { return nil }
         let isPushPull = messages.contains { if case .members = $0 { return true } else { return false } }
         if isPushPull {
-            let (reply, outputs) = state.withLock { state in
+            let (reply, outputs) = mutate { state in
                 state.agent.store.wallNowMillis = wallClockMillis()
                 let (reply, outputs) = state.agent.answerPushPull(messages, now: self.now)
                 return (reply + state.keys.keys.values.map { MeshMessage.apiKey($0.bytes) }, outputs)
@@ -489,7 +522,7 @@ public final class MeshService: Service, Sendable {
             drainRejections()
             return seal(reply)
         }
-        let outputs = state.withLock { state in
+        let outputs = mutate { state in
             state.agent.store.wallNowMillis = wallClockMillis()
             return state.agent.receive(messages, from: decoded.sender, source: source, now: self.now)
         }
@@ -557,7 +590,7 @@ public final class MeshService: Service, Sendable {
             onTraffic("tcp", "received", replyBytes.count)
             let decoded = try Packet.decode(replyBytes, meshKeys: settings.meshKeys, maxBytes: WireLimits.maxTCPFrame)
             guard let messages = admit(decoded, source: peer) else { return }
-            let (final, outputs) = state.withLock { state in
+            let (final, outputs) = mutate { state in
                 state.agent.store.wallNowMillis = wallClockMillis()
                 return state.agent.finishPushPull(messages, now: self.now)
             }
@@ -669,7 +702,7 @@ public final class MeshService: Service, Sendable {
     public func submitKey(text: String) -> String? {
         let record: KeyRecord
         do { record = try KeyRecord(fileText: text) } catch { return "not an aimesh key record (\(error.rawValue))" }
-        return state.withLock { state -> String? in
+        return mutate { state -> String? in
             do throws(Rejection) {
                 _ = try state.keys.apply(record.bytes)
             } catch {
@@ -759,7 +792,7 @@ public final class MeshService: Service, Sendable {
         let revocation: Revocation
         do { revocation = try Revocation(fileText: text) } catch { return "not an aimesh revocation (\(error.rawValue))" }
         let wall = wallClockMillis()
-        return state.withLock { state -> String? in
+        return mutate { state -> String? in
             do throws(Rejection) {
                 _ = try state.agent.store.trust.apply(revocationBytes: revocation.bytes)
             } catch {
