@@ -91,6 +91,36 @@ public struct JSONParser {
     }
 }
 
+extension JSONParser {
+    /// What a gateway reads in one chunk of a streamed chat completion (an OpenAI `chat.completion.chunk`):
+    /// found by checking the whole chunk as `parse` would, without building any of it.
+    public struct StreamChunkSummary: Sendable, Equatable {
+        /// Elements of `choices` (0 when it is absent or not an array).
+        public var choiceCount = 0
+        /// Whether a choice (an object in `choices`) has a `finish_reason` that is not null.
+        public var finishes = false
+        /// UTF-8 bytes of every choice's `delta.content` string, decoded.
+        public var contentBytes = 0
+        /// Where the `usage` member's value is, unless it is absent or null.
+        public var usage: Range<Int>?
+        /// Where the `error` member's value is, unless it is absent or null.
+        public var error: Range<Int>?
+        public init() {}
+    }
+
+    /// Reads one stream chunk without building it: a streamed answer has one chunk per token or so, and
+    /// building each one's `choices` tree cost about four allocations. Throws what `parse` throws for
+    /// anything that is not JSON; nil for JSON it does not summarise (not an object at the top level, or
+    /// a member name written with escapes), which the caller parses the ordinary way. When a member
+    /// appears twice the last one counts, as for lookups in a parsed object.
+    public static func scanStreamChunk(_ bytes: [UInt8], limits: Limits = Limits()) throws(JSONParseError) -> StreamChunkSummary? {
+        try bytes.withUnsafeBufferPointer { buffer throws(JSONParseError) in
+            var cursor = Cursor(buffer, limits: limits, recordTopLevel: false)
+            return try cursor.scanStreamChunk()
+        }
+    }
+}
+
 extension Result where Failure == JSONParseError {
     fileprivate init(_ body: () throws(JSONParseError) -> Success) {
         do { self = .success(try body()) } catch { self = .failure(error) }
@@ -477,8 +507,10 @@ private struct Cursor {
         }
     }
 
-    /// Moves past a string, checking its escapes, control characters, UTF-8 and decoded length.
-    mutating func skipString() throws(JSONParseError) {
+    /// Moves past a string, checking its escapes, control characters, UTF-8 and decoded length; returns that
+    /// length (UTF-8 bytes once decoded).
+    @discardableResult
+    mutating func skipString() throws(JSONParseError) -> Int {
         let open = index
         index += 1  // "
         let start = index
@@ -514,6 +546,7 @@ private struct Cursor {
         if hasHighBytes, (try? UTF8Span(validating: UnsafeBufferPointer(rebasing: bytes[start..<end]).span)) == nil {
             throw error(at: start, "string is not valid UTF-8")
         }
+        return decoded
     }
 
     mutating func parseHex4() throws(JSONParseError) -> UInt32 {
@@ -532,5 +565,151 @@ private struct Cursor {
             index += 1
         }
         return value
+    }
+}
+
+// MARK: Stream chunks
+
+extension Cursor {
+    /// `JSONParser.scanStreamChunk`; the whole input is checked even when the answer is nil.
+    mutating func scanStreamChunk() throws(JSONParseError) -> JSONParser.StreamChunkSummary? {
+        skipWhitespace()
+        guard index < bytes.count else { throw error(at: index, "the body is empty") }
+        guard bytes[index] == UInt8(ascii: "{") else {
+            _ = try parseDocument()
+            return nil
+        }
+        var summary = JSONParser.StreamChunkSummary()
+        var plainNames = true
+        try scanMembers(depth: 1) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
+            guard let name else {
+                plainNames = false
+                try cursor.skipValue(depth: 1)
+                return
+            }
+            let start = cursor.index
+            if Cursor.equals(name, "choices") {
+                summary.choiceCount = 0
+                summary.finishes = false
+                summary.contentBytes = 0
+                guard cursor.bytes[start] == UInt8(ascii: "[") else { return try cursor.skipValue(depth: 1) }
+                try cursor.scanChoices(depth: 2, into: &summary)
+            } else if Cursor.equals(name, "usage") || Cursor.equals(name, "error") {
+                try cursor.skipValue(depth: 1)
+                let range: Range<Int>? = cursor.bytes[start] == UInt8(ascii: "n") ? nil : start..<cursor.index
+                if Cursor.equals(name, "usage") { summary.usage = range } else { summary.error = range }
+            } else {
+                try cursor.skipValue(depth: 1)
+            }
+        }
+        skipWhitespace()
+        if index < bytes.count { throw error(at: index, "unexpected \(describe(bytes[index])) after the end of the value") }
+        return plainNames ? summary : nil
+    }
+
+    /// `choices`: counts its elements, and reads each object's `finish_reason` and `delta.content`.
+    mutating func scanChoices(depth: Int, into summary: inout JSONParser.StreamChunkSummary) throws(JSONParseError) {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        index += 1  // [
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an array") }
+            summary.choiceCount += 1
+            if bytes[index] == UInt8(ascii: "{") {
+                // Members of a choice: the last `finish_reason` and `delta` count.
+                var finishes = false
+                var content = 0
+                try scanMembers(depth: depth + 1) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
+                    let start = cursor.index
+                    if let name, Cursor.equals(name, "finish_reason") {
+                        try cursor.skipValue(depth: depth + 1)
+                        finishes = cursor.bytes[start] != UInt8(ascii: "n")
+                    } else if let name, Cursor.equals(name, "delta") {
+                        content = 0
+                        guard cursor.bytes[start] == UInt8(ascii: "{") else { return try cursor.skipValue(depth: depth + 1) }
+                        try cursor.scanMembers(depth: depth + 2) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
+                            if let name, Cursor.equals(name, "content"), cursor.bytes[cursor.index] == UInt8(ascii: "\"") {
+                                content = try cursor.skipString()
+                            } else {
+                                if let name, Cursor.equals(name, "content") { content = 0 }
+                                try cursor.skipValue(depth: depth + 2)
+                            }
+                        }
+                    } else {
+                        try cursor.skipValue(depth: depth + 1)
+                    }
+                }
+                if finishes { summary.finishes = true }
+                summary.contentBytes += content
+            } else {
+                try skipValue(depth: depth)
+            }
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an array") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "]") {
+                index += 1
+                return
+            }
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or ']'")
+        }
+    }
+
+    /// Walks an object's members (the cursor on its `{`, at nesting `depth`), making `skipContainer`'s checks;
+    /// `member` gets each name's raw bytes (nil when the name has escapes) with the cursor on the value, and
+    /// must move past the value.
+    mutating func scanMembers(depth: Int, _ member: (inout Cursor, UnsafeBufferPointer<UInt8>?) throws(JSONParseError) -> Void) throws(JSONParseError) {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        index += 1  // {
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
+            guard bytes[index] == UInt8(ascii: "\"") else {
+                throw error(at: index, "unexpected \(describe(bytes[index])), expected a member name in double quotes")
+            }
+            let nameStart = index + 1
+            try skipString()
+            let name = UnsafeBufferPointer(rebasing: bytes[nameStart..<(index - 1)])
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
+                throw error(at: index, "expected ':' after a member name")
+            }
+            index += 1
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input, expected a value") }
+            try member(&self, name.contains(UInt8(ascii: "\\")) ? nil : name)
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "}") {
+                index += 1
+                return
+            }
+            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or '}'")
+        }
+    }
+
+    @inline(__always)
+    static func equals(_ name: UnsafeBufferPointer<UInt8>, _ literal: StaticString) -> Bool {
+        guard name.count == literal.utf8CodeUnitCount else { return false }
+        let expected = literal.utf8Start
+        for offset in 0..<name.count where name[offset] != expected[offset] { return false }
+        return true
     }
 }

@@ -217,24 +217,19 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
                 if let held { return .item(.final(held)) }
                 return .end
             }
-            let json: JSON
+            let facts: ChunkFacts
             do {
-                json = try OpenAIStream.parseEvent(event.data)
+                facts = try OpenAIStream.facts(of: event.data)
             } catch {
                 throw ProviderFailure(kind: .malformedResponse, message: "the upstream sent a stream event that is not JSON")
             }
-            if let error = json["error"], !error.isNull {
+            if let error = facts.error {
                 let message = error["message"]?.stringValue ?? "the upstream reported an error in the stream"
                 throw ProviderFailure(kind: .upstreamStatus(502), message: message)
             }
-            if let usage = Usage(openAI: json["usage"]) { reported = usage }
-            let choices = json["choices"]?.arrayValue ?? []
-            var finishes = false
-            for choice in choices {
-                if let reason = choice["finish_reason"], !reason.isNull { finishes = true }
-                if case .string(let text)? = choice["delta"]?["content"] { contentCharacters += text.utf8.count }
-            }
-            if choices.isEmpty && json["usage"] != nil && !(json["usage"]?.isNull ?? true) {
+            if let usage = Usage(openAI: facts.usage) { reported = usage }
+            contentCharacters += facts.contentBytes
+            if facts.choiceCount == 0 && facts.usage != nil {
                 // The usage-only chunk.
                 if clientWantsUsage {
                     if let previous = held { out.append(.chunk(previous)) }
@@ -242,7 +237,7 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
                 }
                 continue
             }
-            if finishes {
+            if facts.finishes {
                 sawFinish = true
                 if let previous = held { out.append(.chunk(previous)) }
                 held = event.data
@@ -257,15 +252,41 @@ final class OpenAIStream: ChatStream, @unchecked Sendable {
     }
 
     /// What a chunk is read for: an error, the usage, and each choice's finish reason and text length.
-    static let eventMembers: Set<String> = ["error", "usage", "choices"]
+    struct ChunkFacts: Equatable {
+        /// The `error` member, unless absent or null.
+        var error: JSON?
+        /// The `usage` member, unless absent or null.
+        var usage: JSON?
+        var choiceCount = 0
+        var finishes = false
+        /// UTF-8 bytes of the choices' `delta.content` text.
+        var contentBytes = 0
+    }
 
-    /// An event's JSON, checked whole but built only for `eventMembers` when it is an object (every OpenAI
-    /// chunk is): its id, model, fingerprint and the rest pass through as the upstream's bytes, and building
-    /// them cost four or five allocations an event.
-    static func parseEvent(_ data: [UInt8]) throws(JSONParseError) -> JSON {
-        let first = data.firstIndex { $0 != 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D }
-        guard let first, data[first] == UInt8(ascii: "{") else { return try JSONParser.parse(data) }
-        return .object(try JSONParser.parseTopLevelObject(data, keeping: eventMembers, recordingRanges: false).object)
+    /// An event's facts. Every OpenAI chunk is an object: it is checked whole and read without building it
+    /// (`JSONParser.scanStreamChunk`); an error or a usage, once per stream at most, is then parsed from its
+    /// own bytes. Anything else is parsed and read as a value.
+    static func facts(of data: [UInt8]) throws(JSONParseError) -> ChunkFacts {
+        if let summary = try JSONParser.scanStreamChunk(data) {
+            return ChunkFacts(error: summary.error.map { (try? JSONParser.parse(data[$0])) ?? .null },
+                              usage: summary.usage.map { (try? JSONParser.parse(data[$0])) ?? .null },
+                              choiceCount: summary.choiceCount, finishes: summary.finishes, contentBytes: summary.contentBytes)
+        }
+        return facts(of: try JSONParser.parse(data))
+    }
+
+    /// The same facts read from a parsed value.
+    static func facts(of json: JSON) -> ChunkFacts {
+        var facts = ChunkFacts()
+        if let error = json["error"], !error.isNull { facts.error = error }
+        if let usage = json["usage"], !usage.isNull { facts.usage = usage }
+        let choices = json["choices"]?.arrayValue ?? []
+        facts.choiceCount = choices.count
+        for choice in choices {
+            if let reason = choice["finish_reason"], !reason.isNull { facts.finishes = true }
+            if case .string(let text)? = choice["delta"]?["content"] { facts.contentBytes += text.utf8.count }
+        }
+        return facts
     }
 
     /// Waits for the upstream's next bytes and parses them (every parsed event has been used).

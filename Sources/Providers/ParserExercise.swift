@@ -23,7 +23,9 @@ package enum ParserExercise {
         guard let first = bytes.first, let request = sampleRequest else { return }
         let body = Array(bytes.dropFirst())
         switch first % 8 {
-        case 0: _ = try? OpenAIAdapter.completed(body, request: request, providerName: "fuzz")
+        case 0:
+            _ = try? OpenAIAdapter.completed(body, request: request, providerName: "fuzz")
+            checkChunkScan(body)
         case 1: _ = try? AnthropicAdapter.translateResponse(body, providerName: "fuzz")
         case 2: _ = try? GeminiAdapter.translateResponse(body, model: "m", providerName: "fuzz")
         case 3: _ = try? CloudflareAdapter.translateResponse(body, request: request, model: "m", providerName: "fuzz")
@@ -32,6 +34,14 @@ package enum ParserExercise {
         case 6: stream(body, through: GeminiStreamTranslator())
         default: stream(body, through: CloudflareStreamTranslator())
         }
+    }
+
+    /// A stream chunk's scan (`JSONParser.scanStreamChunk`) must read what a parse reads and refuse what a
+    /// parse refuses: a difference is a finding.
+    static func checkChunkScan(_ bytes: [UInt8]) {
+        let scanned = try? OpenAIStream.facts(of: bytes)
+        let parsed = (try? JSONParser.parse(bytes)).map { OpenAIStream.facts(of: $0) }
+        precondition(scanned == parsed, "the stream chunk scan and the parser disagree")
     }
 
     static func stream<Translator: StreamTranslator>(_ bytes: [UInt8], through translator: Translator) {

@@ -221,22 +221,61 @@ import Testing
     }
 }
 
-/// A stream's events are read for their error, usage and choices only; the rest is checked, not built.
+/// A stream's events are read for their error, usage and choices only, without building them; the rest is checked.
 @Suite struct StreamEventTests {
-    @Test func streamEvent_buildsWhatIsRead_andChecksTheRest() throws {
-        let chunk = Array(#" {"id":"chatcmpl-0123456789abcdef","object":"chat.completion.chunk","created":1,"model":"a-model-with-a-long-name","system_fingerprint":"fp_0123456789","choices":[{"index":0,"delta":{"content":"hé"},"finish_reason":null}],"usage":null}"#.utf8)
-        let event = try OpenAIStream.parseEvent(chunk)
-        let full = try JSONParser.parse(chunk)
-        #expect(event["choices"] == full["choices"] && event["usage"] == full["usage"])
-        #expect(event["id"] == nil && event["model"] == nil, "not built")
-        let error = try OpenAIStream.parseEvent(Array(#"{"error":{"message":"overloaded"},"id":"x"}"#.utf8))
-        #expect(error["error"]?["message"]?.stringValue == "overloaded")
-        // Not an object: read as before (nothing in it is an error, usage or choice).
-        #expect(try OpenAIStream.parseEvent(Array("[1,2]".utf8)) == JSONParser.parse(Array("[1,2]".utf8)))
-        #expect(try OpenAIStream.parseEvent(Array(#""text""#.utf8)) == .string("text"))
-        // Malformed anywhere, built or skipped, is refused.
-        for bad in [#"{"id":"x","choices":[}"#, #"{"model":"\x","choices":[]}"#, #"{"choices":[]"#, #"{"id":01}"#] {
-            #expect(throws: JSONParseError.self, "\(bad)") { try OpenAIStream.parseEvent(Array(bad.utf8)) }
+    static let chunks = [
+        #" {"id":"chatcmpl-0123456789abcdef","object":"chat.completion.chunk","created":1,"model":"a-model-with-a-long-name","system_fingerprint":"fp_0123456789","choices":[{"index":0,"delta":{"content":"hé"},"finish_reason":null}],"usage":null}"#,
+        #"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+        #"{"choices":[{"delta":{"content":"a\n\"b\u00e9\ud83d\ude00"},"finish_reason":null},{"delta":{"content":"xyz"},"finish_reason":"stop"}]}"#,
+        #"{"choices":[{"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
+        #"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#,
+        #"{"error":{"message":"overloaded","type":"server_error"},"id":"x"}"#,
+        #"{"error":null,"choices":[{"delta":{"content":null},"finish_reason":null}]}"#,
+        #"{"choices":"not a list","usage":[1]}"#,
+        #"{"choices":[1,"two",null,{"delta":"flat","finish_reason":0}]}"#,
+        #"{"choices":[{"delta":{"content":"old"}}],"choices":[{"delta":{"content":"newer"},"finish_reason":"stop","finish_reason":null}]}"#,
+        #"{"choices":[{"delta":{"content":"first","content":7}}]}"#,
+        #"{}"#,
+        #"[1,2]"#,
+        #""text""#,
+        #"{"ch\u006fices":[{"delta":{"content":"escaped name"},"finish_reason":"stop"}]}"#,
+    ]
+
+    @Test func theScan_readsWhatAParseReads() throws {
+        for text in Self.chunks {
+            let bytes = Array(text.utf8)
+            let scanned = try OpenAIStream.facts(of: bytes)
+            let parsed = OpenAIStream.facts(of: try JSONParser.parse(bytes))
+            #expect(scanned == parsed, "\(text)")
         }
+        let mixed = try OpenAIStream.facts(of: Array(Self.chunks[2].utf8))
+        #expect(mixed.contentBytes == "a\n\"bé😀".utf8.count + 3 && mixed.finishes && mixed.choiceCount == 2)
+        let duplicate = try OpenAIStream.facts(of: Array(Self.chunks[9].utf8))
+        #expect(duplicate.contentBytes == 5 && !duplicate.finishes, "the last of a repeated member counts")
+        let error = try OpenAIStream.facts(of: Array(Self.chunks[5].utf8))
+        #expect(error.error?["message"]?.stringValue == "overloaded")
+    }
+
+    @Test func theScan_summarisesObjectsWithPlainNames_only() throws {
+        let text = Array(Self.chunks[3].utf8)
+        let summary = try #require(try JSONParser.scanStreamChunk(text))
+        #expect(summary.usage.map { String(decoding: text[$0], as: UTF8.self) } == #"{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}"#)
+        #expect(summary.finishes && summary.choiceCount == 1 && summary.error == nil)
+        #expect(try JSONParser.scanStreamChunk(Array("[1,2]".utf8)) == nil, "not an object")
+        #expect(try JSONParser.scanStreamChunk(Array(Self.chunks.last!.utf8)) == nil, "a name with escapes")
+    }
+
+    @Test func malformedAnywhere_isRefused() {
+        let bad = [#"{"id":"x","choices":[}"#, #"{"model":"\x","choices":[]}"#, #"{"choices":[]"#, #"{"id":01}"#,
+                   #"{"choices":[{"delta":{"content":"\ud800"}}]}"#, #"{"choices":[{"delta":{"content":"a"}}]} x"#,
+                   "{\"choices\":[{\"delta\":{\"content\":\"\u{01}\"}}]}", #"{"usage":{"a":}}"#, #"{"ch\u006fices":[}"#, "", "   "]
+        for text in bad {
+            #expect(throws: JSONParseError.self, "\(text)") { try OpenAIStream.facts(of: Array(text.utf8)) }
+        }
+        var bytes = Array(#"{"choices":[{"delta":{"content":"ab"}}]}"#.utf8)
+        bytes[bytes.firstIndex(of: UInt8(ascii: "b"))!] = 0xFF
+        #expect(throws: JSONParseError.self, "not UTF-8") { try OpenAIStream.facts(of: bytes) }
+        let deep = String(repeating: "[", count: 200) + String(repeating: "]", count: 200)
+        #expect(throws: JSONParseError.self, "too deep") { try OpenAIStream.facts(of: Array("{\"choices\":[\(deep)]}".utf8)) }
     }
 }
