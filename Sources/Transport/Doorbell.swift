@@ -3,10 +3,10 @@ import Synchronization
 
 /// Where a loop sleeps until its next deadline, and is woken earlier when someone rings.
 ///
-/// The timer is the event loop's own (`scheduleCallback`, no promise), so a sleeper that wakes on time costs one wake-up of
-/// that loop. `Task.sleep` goes through the default executor's timer thread on Linux: each wake-up of the
-/// mesh's run loop touched four threads (the timer thread, a worker, the event loop, the timer thread again
-/// to arm the next one).
+/// The timer is the event loop's own (`scheduleCallback`, no promise), so a sleeper that wakes on time costs
+/// one wake-up of that loop. `Task.sleep` goes through the default executor's timer thread on Linux: each
+/// wake-up of the mesh's run loop touched four threads (the timer thread, a worker, the event loop, the timer
+/// thread again to arm the next one).
 ///
 /// A ring with nobody waiting is kept for the next `wait`, which then returns at once; rings do not add up.
 /// One waiter at a time.
