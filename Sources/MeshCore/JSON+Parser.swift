@@ -468,42 +468,12 @@ private struct Cursor {
 
     /// An object (`close` is `}`: members) or an array (`]`: values).
     mutating func skipContainer(depth: Int, close: UInt8) throws(JSONParseError) {
-        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
-        let isObject = close == UInt8(ascii: "}")
-        let what = isObject ? "an object" : "an array"
-        index += 1
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == close {
-            index += 1
-            return
-        }
-        while true {
-            skipWhitespace()
-            if isObject {
-                guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
-                guard bytes[index] == UInt8(ascii: "\"") else {
-                    throw error(at: index, "unexpected \(describe(bytes[index])), expected a member name in double quotes")
-                }
-                try skipString()
-                skipWhitespace()
-                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
-                    throw error(at: index, "expected ':' after a member name")
-                }
-                index += 1
-                skipWhitespace()
+        if close == UInt8(ascii: "}") {
+            try scanMembers(depth: depth) { (cursor: inout Cursor, _: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
+                try cursor.skipValue(depth: depth)
             }
-            try skipValue(depth: depth)
-            skipWhitespace()
-            guard index < bytes.count else { throw error(at: index, "unexpected end of input in \(what)") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == close {
-                index += 1
-                return
-            }
-            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or '\(Character(Unicode.Scalar(close)))'")
+        } else {
+            try scanElements(depth: depth) { (cursor: inout Cursor) throws(JSONParseError) in try cursor.skipValue(depth: depth) }
         }
     }
 
@@ -568,7 +538,7 @@ private struct Cursor {
     }
 }
 
-// MARK: Stream chunks
+// MARK: Walking containers; stream chunks
 
 extension Cursor {
     /// `JSONParser.scanStreamChunk`; the whole input is checked even when the answer is nil.
@@ -609,63 +579,40 @@ extension Cursor {
 
     /// `choices`: counts its elements, and reads each object's `finish_reason` and `delta.content`.
     mutating func scanChoices(depth: Int, into summary: inout JSONParser.StreamChunkSummary) throws(JSONParseError) {
-        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
-        index += 1  // [
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
-            index += 1
-            return
-        }
-        while true {
-            skipWhitespace()
-            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an array") }
+        try scanElements(depth: depth) { (cursor: inout Cursor) throws(JSONParseError) in
             summary.choiceCount += 1
-            if bytes[index] == UInt8(ascii: "{") {
-                // Members of a choice: the last `finish_reason` and `delta` count.
-                var finishes = false
-                var content = 0
-                try scanMembers(depth: depth + 1) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
-                    let start = cursor.index
-                    if let name, Cursor.equals(name, "finish_reason") {
-                        try cursor.skipValue(depth: depth + 1)
-                        finishes = cursor.bytes[start] != UInt8(ascii: "n")
-                    } else if let name, Cursor.equals(name, "delta") {
-                        content = 0
-                        guard cursor.bytes[start] == UInt8(ascii: "{") else { return try cursor.skipValue(depth: depth + 1) }
-                        try cursor.scanMembers(depth: depth + 2) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
-                            if let name, Cursor.equals(name, "content"), cursor.bytes[cursor.index] == UInt8(ascii: "\"") {
-                                content = try cursor.skipString()
-                            } else {
-                                if let name, Cursor.equals(name, "content") { content = 0 }
-                                try cursor.skipValue(depth: depth + 2)
-                            }
+            guard cursor.bytes[cursor.index] == UInt8(ascii: "{") else { return try cursor.skipValue(depth: depth) }
+            // Members of a choice: the last `finish_reason` and `delta` count.
+            var finishes = false
+            var content = 0
+            try cursor.scanMembers(depth: depth + 1) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
+                let start = cursor.index
+                if let name, Cursor.equals(name, "finish_reason") {
+                    try cursor.skipValue(depth: depth + 1)
+                    finishes = cursor.bytes[start] != UInt8(ascii: "n")
+                } else if let name, Cursor.equals(name, "delta"), cursor.bytes[start] == UInt8(ascii: "{") {
+                    content = 0
+                    try cursor.scanMembers(depth: depth + 2) { (cursor: inout Cursor, name: UnsafeBufferPointer<UInt8>?) throws(JSONParseError) in
+                        guard let name, Cursor.equals(name, "content") else { return try cursor.skipValue(depth: depth + 2) }
+                        if cursor.bytes[cursor.index] == UInt8(ascii: "\"") {
+                            content = try cursor.skipString()
+                        } else {
+                            content = 0
+                            try cursor.skipValue(depth: depth + 2)
                         }
-                    } else {
-                        try cursor.skipValue(depth: depth + 1)
                     }
+                } else {
+                    if let name, Cursor.equals(name, "delta") { content = 0 }
+                    try cursor.skipValue(depth: depth + 1)
                 }
-                if finishes { summary.finishes = true }
-                summary.contentBytes += content
-            } else {
-                try skipValue(depth: depth)
             }
-            skipWhitespace()
-            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return
-            }
-            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or ']'")
+            if finishes { summary.finishes = true }
+            summary.contentBytes += content
         }
     }
 
-    /// Walks an object's members (the cursor on its `{`, at nesting `depth`), making `skipContainer`'s checks;
-    /// `member` gets each name's raw bytes (nil when the name has escapes) with the cursor on the value, and
-    /// must move past the value.
+    /// Walks an object's members (the cursor on its `{`, at nesting `depth`), checking the grammar; `member` gets
+    /// each name's raw bytes (nil when the name has escapes) with the cursor on the value, and must move past it.
     mutating func scanMembers(depth: Int, _ member: (inout Cursor, UnsafeBufferPointer<UInt8>?) throws(JSONParseError) -> Void) throws(JSONParseError) {
         if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
         index += 1  // {
@@ -681,7 +628,8 @@ extension Cursor {
                 throw error(at: index, "unexpected \(describe(bytes[index])), expected a member name in double quotes")
             }
             let nameStart = index + 1
-            try skipString()
+            // An escape always decodes shorter than it is written: equal lengths mean a plain name.
+            let plain = try skipString() == index - 1 - nameStart
             let name = UnsafeBufferPointer(rebasing: bytes[nameStart..<(index - 1)])
             skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
@@ -690,19 +638,45 @@ extension Cursor {
             index += 1
             skipWhitespace()
             guard index < bytes.count else { throw error(at: index, "unexpected end of input, expected a value") }
-            try member(&self, name.contains(UInt8(ascii: "\\")) ? nil : name)
-            skipWhitespace()
-            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "}") {
-                index += 1
-                return
-            }
-            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or '}'")
+            try member(&self, plain ? name : nil)
+            guard try moreItems(close: UInt8(ascii: "}")) else { return }
         }
+    }
+
+    /// Walks an array's values (the cursor on its `[`, at nesting `depth`); `element` is called with the cursor
+    /// on each value and must move past it.
+    mutating func scanElements(depth: Int, _ element: (inout Cursor) throws(JSONParseError) -> Void) throws(JSONParseError) {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        index += 1  // [
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
+            index += 1
+            return
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count else { throw error(at: index, "unexpected end of input, expected a value") }
+            try element(&self)
+            guard try moreItems(close: UInt8(ascii: "]")) else { return }
+        }
+    }
+
+    /// After a member or an element: moves past a `,` (true: another follows) or the closing `close` (false).
+    @inline(__always)
+    mutating func moreItems(close: UInt8) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        guard index < bytes.count else {
+            throw error(at: index, "unexpected end of input in \(close == UInt8(ascii: "}") ? "an object" : "an array")")
+        }
+        if bytes[index] == UInt8(ascii: ",") {
+            index += 1
+            return true
+        }
+        if bytes[index] == close {
+            index += 1
+            return false
+        }
+        throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or '\(Character(Unicode.Scalar(close)))'")
     }
 
     @inline(__always)

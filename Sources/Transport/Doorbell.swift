@@ -91,7 +91,8 @@ final class Doorbell: Sendable {
         waiter?.resume()
     }
 
-    fileprivate func fire(_ generation: UInt64) {
+    /// Ends the wait `generation` if it is still the current one (its timer).
+    func fire(_ generation: UInt64) {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             guard state.generation == generation, let waiter = state.waiter else { return nil }
             state.waiter = nil

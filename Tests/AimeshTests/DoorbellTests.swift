@@ -10,7 +10,14 @@ import Wire
 
 /// The mesh run loop's sleep: the event loop's timer, ended early by a ring. On a testing event loop with a
 /// manual clock.
-@Suite struct DoorbellTests {
+@Suite(.timeLimit(.minutes(1))) struct DoorbellTests {
+    /// A doorbell on a fresh testing event loop, shut down after `body`.
+    static func withDoorbell(_ body: (NIOAsyncTestingEventLoop, Doorbell) async throws -> Void) async throws {
+        let loop = NIOAsyncTestingEventLoop()
+        try await body(loop, Doorbell(loop: loop))
+        try await loop.shutdownGracefully()
+    }
+
     /// Yields until the doorbell has a waiter (its `wait` registers from another task), at most `tries` times.
     static func untilWaiting(_ doorbell: Doorbell, tries: Int = 10_000) async -> Bool {
         for _ in 0..<tries {
@@ -21,61 +28,59 @@ import Wire
     }
 
     @Test func theTimer_endsTheWait() async throws {
-        let loop = NIOAsyncTestingEventLoop()
-        let doorbell = Doorbell(loop: loop)
-        let waiting = Task { await doorbell.wait(for: .seconds(5)) }
-        #expect(await Self.untilWaiting(doorbell))
-        await loop.advanceTime(by: .seconds(4))
-        #expect(doorbell.isWaiting, "not yet")
-        await loop.advanceTime(by: .seconds(1))
-        await waiting.value
-        #expect(!doorbell.isWaiting)
-        try await loop.shutdownGracefully()
+        try await Self.withDoorbell { loop, doorbell in
+            let waiting = Task { await doorbell.wait(for: .seconds(5)) }
+            #expect(await Self.untilWaiting(doorbell))
+            await loop.advanceTime(by: .seconds(4))
+            #expect(doorbell.isWaiting, "not yet")
+            await loop.advanceTime(by: .seconds(1))
+            await waiting.value
+            #expect(!doorbell.isWaiting)
+        }
     }
 
     @Test func aRing_endsTheWaitEarly() async throws {
-        let loop = NIOAsyncTestingEventLoop()
-        let doorbell = Doorbell(loop: loop)
-        let waiting = Task { await doorbell.wait(for: .seconds(3600)) }
-        #expect(await Self.untilWaiting(doorbell))
-        doorbell.ring()
-        await waiting.value
-        #expect(!doorbell.isWaiting)
-        #expect(!doorbell.isRung, "the ring was used by the wait it ended")
-        try await loop.shutdownGracefully()
+        try await Self.withDoorbell { _, doorbell in
+            let waiting = Task { await doorbell.wait(for: .seconds(3600)) }
+            #expect(await Self.untilWaiting(doorbell))
+            doorbell.ring()
+            await waiting.value
+            #expect(!doorbell.isWaiting)
+            #expect(!doorbell.isRung, "the ring was used by the wait it ended")
+        }
     }
 
     @Test func aRingWithNobodyWaiting_endsTheNextWaitAtOnce_andRingsDoNotAddUp() async throws {
-        let loop = NIOAsyncTestingEventLoop()
-        let doorbell = Doorbell(loop: loop)
-        doorbell.ring()
-        doorbell.ring()
-        #expect(doorbell.isRung)
-        await doorbell.wait(for: .seconds(3600))   // returns without the clock moving
-        #expect(!doorbell.isRung)
-        let second = Task { await doorbell.wait(for: .seconds(10)) }
-        #expect(await Self.untilWaiting(doorbell), "two rings ended one wait, not two")
-        doorbell.ring()
-        await second.value
-        try await loop.shutdownGracefully()
+        try await Self.withDoorbell { _, doorbell in
+            doorbell.ring()
+            doorbell.ring()
+            #expect(doorbell.isRung)
+            await doorbell.wait(for: .seconds(3600))   // returns without the clock moving
+            #expect(!doorbell.isRung)
+            let second = Task { await doorbell.wait(for: .seconds(10)) }
+            #expect(await Self.untilWaiting(doorbell), "two rings ended one wait, not two")
+            doorbell.ring()
+            await second.value
+        }
     }
 
-    /// A wait rung out early leaves its timer behind (cancelled, or already firing): that timer must not end
-    /// the next wait.
+    /// A wait rung out early cancels its timer, and a timer that fires anyway (it was already running when the
+    /// ring came) must not end the next wait.
     @Test func anEarlierWaitsTimer_doesNotEndTheNextWait() async throws {
-        let loop = NIOAsyncTestingEventLoop()
-        let doorbell = Doorbell(loop: loop)
-        let first = Task { await doorbell.wait(for: .seconds(1)) }
-        #expect(await Self.untilWaiting(doorbell))
-        doorbell.ring()
-        await first.value
-        let second = Task { await doorbell.wait(for: .seconds(10)) }
-        #expect(await Self.untilWaiting(doorbell))
-        await loop.advanceTime(by: .seconds(2))
-        #expect(doorbell.isWaiting, "the first wait's timer did not end the second")
-        await loop.advanceTime(by: .seconds(8))
-        await second.value
-        try await loop.shutdownGracefully()
+        try await Self.withDoorbell { loop, doorbell in
+            let first = Task { await doorbell.wait(for: .seconds(1)) }
+            #expect(await Self.untilWaiting(doorbell))
+            doorbell.ring()
+            await first.value
+            let second = Task { await doorbell.wait(for: .seconds(10)) }
+            #expect(await Self.untilWaiting(doorbell))
+            await loop.advanceTime(by: .seconds(2))
+            #expect(doorbell.isWaiting, "the first wait's cancelled timer did not end the second")
+            doorbell.fire(1)   // the first wait's timer, firing late
+            #expect(doorbell.isWaiting, "a late timer of the first wait did not end the second")
+            await loop.advanceTime(by: .seconds(8))
+            await second.value
+        }
     }
 
     /// The run loop is woken when a change leaves the agent a timer earlier than the one it sleeps until,
