@@ -307,17 +307,11 @@ public final class GPUProbe: Sendable {
 
     /// Runs `nvidia-smi --query-gpu=name,memory.total,memory.used,utilization.gpu --format=csv,noheader,nounits`.
     static func query() -> [CapabilityRecord.GPU] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [command.withLock { $0 }, "--query-gpu=name,memory.total,memory.used,utilization.gpu", "--format=csv,noheader,nounits"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        do { try process.run() } catch { return [] }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return [] }
-        return parse(String(decoding: data, as: UTF8.self))
+        let arguments = [command.withLock { $0 }, "--query-gpu=name,memory.total,memory.used,utilization.gpu", "--format=csv,noheader,nounits"]
+        guard let child = try? ChildProcess(program: "/usr/bin/env", arguments: arguments, stdout: .pipe, stderr: .discard) else { return [] }
+        let output = child.readOutput(limit: 1 << 20)
+        guard child.wait() == .exited(0) else { return [] }
+        return parse(String(decoding: output, as: UTF8.self))
     }
 
     static func parse(_ text: String) -> [CapabilityRecord.GPU] {

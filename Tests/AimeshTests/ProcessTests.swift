@@ -21,18 +21,12 @@ enum AimeshBinary {
 }
 
 /// A child process whose output is collected; killed when the test ends.
-final class Child: @unchecked Sendable {
-    let process = Process()
-    private let output = Pipe()
+final class Child: Sendable {
+    let process: ChildProcess
 
     init(_ arguments: [String], environment: [String: String]? = nil) throws {
         guard let binary = AimeshBinary.path else { throw TestFailure("the aimesh executable is not built next to the tests") }
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        process.standardOutput = output
-        process.standardError = output
-        if let environment { process.environment = environment }
-        try process.run()
+        process = try ChildProcess(program: binary, arguments: arguments, environment: environment, stdout: .pipe, stderr: .pipe)
     }
 
     /// Runs to completion (bounded) and returns the exit code and everything printed.
@@ -44,20 +38,21 @@ final class Child: @unchecked Sendable {
             child.kill()
         }
         let output = await offThePool { child.collectedOutput() }  // reads to EOF: the process has exited or closed its output
-        await offThePool { child.process.waitUntilExit() }
-        let timedOut = watchdog.isCancelled == false && child.process.terminationReason == .uncaughtSignal && child.process.terminationStatus == SIGKILL
+        let status = await offThePool { child.process.wait() }
+        let timedOut = watchdog.isCancelled == false && status == .signalled(SIGKILL)
         watchdog.cancel()
         if timedOut { throw TestFailure("aimesh \(arguments) did not finish within \(timeout)") }
-        return (child.process.terminationStatus, output)
+        guard case .exited(let code) = status else { throw TestFailure("aimesh \(arguments) \(status)") }
+        return (code, output)
     }
 
     func collectedOutput() -> String {
-        String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        String(decoding: process.readOutput(), as: UTF8.self)
     }
 
     func kill(signal: Int32 = SIGKILL) {
-        if process.isRunning { Foundation.kill(process.processIdentifier, signal) }
-        process.waitUntilExit()
+        process.signal(signal)
+        process.wait()
     }
 }
 
@@ -329,7 +324,7 @@ struct ProcessTests {
         }
         #expect(await eventually { await peerStatus() == "healthy" })
         b.kill(signal: SIGTERM)
-        #expect(b.process.terminationReason == .exit && b.process.terminationStatus == 0, "a clean exit on SIGTERM")
+        #expect(b.process.wait() == .exited(0), "a clean exit on SIGTERM")
         // "left" straight away, not "suspect" then "unreachable" seconds later.
         #expect(await eventually(.seconds(2)) { await peerStatus() == "left" })
     }
@@ -361,7 +356,7 @@ struct ProcessTests {
             let (p1, _) = try start("p1", gossip: try freeLoopbackPort(), mock: mocks[0])
             defer { p1.kill() }
             let (p2, _) = try start("p2", gossip: try freeLoopbackPort(), mock: mocks[1])
-            defer { Foundation.kill(p2.process.processIdentifier, SIGCONT); p2.kill() }
+            defer { p2.process.signal(SIGCONT); p2.kill() }
             func post(_ i: Int) async throws -> (ResponseHead, [UInt8]) {
                 try await client.send(OutboundRequest(method: "POST", url: "http://127.0.0.1:\(apiA)/v1/chat/completions",
                                                       headers: [("content-type", "application/json"), ("x-aiproxy-strategy", "round_robin")],
@@ -381,7 +376,7 @@ struct ProcessTests {
                 if mocks[1].activeConnections == 1 { waiting = request }
             }
             let request = try #require(waiting, "a request reached p2's upstream")
-            Foundation.kill(p2.process.processIdentifier, SIGSTOP)
+            p2.process.signal(SIGSTOP)
             let (head, body) = try await request.value
             let json = try JSONParser.parse(body)
             #expect(head.status == 200, "\(String(decoding: body, as: UTF8.self))")
@@ -527,16 +522,61 @@ struct ProcessTests {
         for target in ["wire", "hop", "json", "sse", "request", "upstream", "config"] {
             let files = try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(target)").map { "\(root)/\(target)/\($0)" }
             #expect(!files.isEmpty, "seeds for \(target)")
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = files
-            process.environment = ["AIMESH_FUZZ_TARGET": target]
-            let output = Pipe()
-            process.standardOutput = output
-            try process.run()
-            let printed = await offThePool { String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
-            await offThePool { process.waitUntilExit() }
-            #expect(process.terminationStatus == 0 && printed.contains("replayed \(files.count) input(s)"), "\(target): \(printed)")
+            let process = try ChildProcess(program: binary, arguments: files, environment: ["AIMESH_FUZZ_TARGET": target], stdout: .pipe)
+            let printed = await offThePool { String(decoding: process.readOutput(), as: UTF8.self) }
+            let status = await offThePool { process.wait() }
+            #expect(status == .exited(0) && printed.contains("replayed \(files.count) input(s)"), "\(target): \(printed)")
         }
+    }
+}
+
+/// Programs started with `posix_spawn` (Foundation's `Process.run()` crashes now and then on Linux).
+@Suite(.timeLimit(.minutes(1))) struct ChildProcessTests {
+    @Test func output_status_andStreams() throws {
+        let script = "echo out; echo err >&2; exit 3"
+        let both = try ChildProcess(program: "/bin/sh", arguments: ["-c", script], stdout: .pipe, stderr: .pipe)
+        #expect(String(decoding: both.readOutput(), as: UTF8.self) == "out\nerr\n")
+        #expect(both.wait() == .exited(3))
+        #expect(both.wait() == .exited(3), "asked again")
+        #expect(both.readOutput().isEmpty, "read once")
+
+        let quiet = try ChildProcess(program: "sh", arguments: ["-c", script], stdout: .pipe, stderr: .discard)
+        #expect(String(decoding: quiet.readOutput(), as: UTF8.self) == "out\n", "looked up on PATH; stderr dropped")
+        #expect(quiet.wait() == .exited(3))
+
+        let capped = try ChildProcess(program: "/bin/sh", arguments: ["-c", "head -c 100000 /dev/zero"], stdout: .pipe)
+        #expect(capped.readOutput(limit: 1000).count == 1000, "the rest is read and dropped, so the child can finish")
+        #expect(capped.wait() == .exited(0))
+    }
+
+    @Test func theEnvironment_replacesThisProcesses_whenGiven() throws {
+        let child = try ChildProcess(program: "/usr/bin/env", arguments: [], environment: ["ONLY": "this one"], stdout: .pipe)
+        #expect(String(decoding: child.readOutput(), as: UTF8.self) == "ONLY=this one\n")
+        #expect(child.wait() == .exited(0))
+    }
+
+    /// The child gets standard input, output and error only: none of this process's sockets and files.
+    @Test func theChild_inheritsNoOtherDescriptor() throws {
+        var leaked: [Int32] = [-1, -1]
+        #expect(pipe(&leaked) == 0)   // not close-on-exec
+        defer { close(leaked[0]); close(leaked[1]) }
+        // `ls` opens the directory itself (one more descriptor, 3).
+        let child = try ChildProcess(program: "/bin/ls", arguments: ["/proc/self/fd"], stdout: .pipe)
+        let listed = String(decoding: child.readOutput(), as: UTF8.self).split(separator: "\n").compactMap { Int($0) }
+        #expect(child.wait() == .exited(0))
+        #expect(Set(listed).isSubset(of: [0, 1, 2, 3]), "\(listed)")
+    }
+
+    @Test func aSignal_endsTheChild_andIsNotSentAfterItIsReaped() throws {
+        let child = try ChildProcess(program: "/bin/sleep", arguments: ["30"])
+        child.signal(SIGTERM)
+        #expect(child.wait() == .signalled(SIGTERM))
+        child.signal(SIGKILL)   // reaped: nothing is sent (the pid may belong to another process by now)
+        #expect(child.wait() == .signalled(SIGTERM))
+    }
+
+    @Test func aMissingProgram_isAnError() {
+        #expect(throws: ChildProcess.SpawnError.self) { try ChildProcess(program: "/nonexistent/program", arguments: []) }
+        #expect(throws: ChildProcess.SpawnError.self) { try ChildProcess(program: "no-such-program-on-path", arguments: []) }
     }
 }
