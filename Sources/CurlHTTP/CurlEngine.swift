@@ -80,6 +80,7 @@ final class CurlEngine: @unchecked Sendable {
         var thread = pthread_t()
         let result = pthread_create(&thread, nil, { argument in
             let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            aimesh_name_current_thread("aimesh-curl")
             box.engine.run()
             return nil
         }, box)

@@ -345,6 +345,20 @@ import Glibc
         }
     }
 
+    /// The engine's thread names itself: a new thread inherits the name of the event loop that started it,
+    /// and `top -H` or a profile then showed curl's work as the event loop's.
+    @Test func engineThread_isNamed() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            // A response is read by the engine's thread (the submitter only sends), so after one answer it has run.
+            let (head, _) = try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes))
+            #expect(head.status == 200)
+            let names = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap {
+                readSmallFile("/proc/self/task/\($0)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            #expect(names.contains("aimesh-curl"))
+        }
+    }
+
     @Test func headerWithLineBreak_isRefused() async throws {
         await #expect(throws: TransferError.self) {
             try await client.send(OutboundRequest(url: "http://127.0.0.1:1/", headers: [("X-Evil", "a\r\nInjected: 1")]))
