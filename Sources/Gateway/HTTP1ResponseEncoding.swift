@@ -34,38 +34,96 @@ enum HTTP1ResponseEncoding {
     /// The head: status line, `Date` and `Server`, the answer's fields (less the framing fields this
     /// encoder writes itself, and any `Date`, `Server` or `Connection` of its own), the framing field, and
     /// `Connection: close` or `keep-alive` when the client needs telling.
+    ///
+    /// Its length is summed first and its bytes copied in one write: written piece by piece (four pieces a
+    /// field) the head cost about 47 `ByteBuffer` writes and 13,500 instructions an answer (callgrind), a
+    /// capacity check and an exclusivity check each.
     static func writeHead(_ response: HTTPResponse, framing: ResponseFraming, connection: ConnectionHeader,
                           date: String, server: String?, into buffer: inout ByteBuffer) {
-        // HTTPTypes keeps codes within 0...999: three digits.
-        let code = response.status.code
-        buffer.writeStaticString("HTTP/1.1 ")
-        buffer.writeMultipleIntegers(UInt8(ascii: "0") + UInt8(code / 100), UInt8(ascii: "0") + UInt8(code / 10 % 10),
-                                     UInt8(ascii: "0") + UInt8(code % 10), UInt8(ascii: " "))
-        buffer.writeString(response.status.reasonPhrase)
-        buffer.writeStaticString("\r\ndate: ")
-        buffer.writeString(date)
-        if let server {
-            buffer.writeStaticString("\r\nserver: ")
-            buffer.writeString(server)
-        }
         // A HEAD answer keeps the length of what GET would send; a status without a body has none.
         let keepsLength = framing == .contentLength || (framing == .noBody && !statusForbidsBody(response.status))
-        for field in response.headerFields {
-            let name = field.name
-            if name == .date || name == .server || name == .connection || name == .transferEncoding { continue }
-            if name == .contentLength, !keepsLength { continue }
-            buffer.writeStaticString("\r\n")
-            buffer.writeString(name.rawName)
-            buffer.writeStaticString(": ")
-            buffer.writeString(field.value)
+        let fields = response.headerFields
+        let reason = response.status.reasonPhrase
+        let tail: StaticString
+        switch (framing == .chunked, connection) {
+        case (false, .none): tail = "\r\n\r\n"
+        case (false, .close): tail = "\r\nconnection: close\r\n\r\n"
+        case (false, .keepAlive): tail = "\r\nconnection: keep-alive\r\n\r\n"
+        case (true, .none): tail = "\r\ntransfer-encoding: chunked\r\n\r\n"
+        case (true, .close): tail = "\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        case (true, .keepAlive): tail = "\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
         }
-        if framing == .chunked { buffer.writeStaticString("\r\ntransfer-encoding: chunked") }
-        switch connection {
-        case .none: break
-        case .close: buffer.writeStaticString("\r\nconnection: close")
-        case .keepAlive: buffer.writeStaticString("\r\nconnection: keep-alive")
+        var length = 13 + reason.utf8.count + 8 + date.utf8.count + tail.utf8CodeUnitCount  // "HTTP/1.1 200 " … "\r\ndate: "
+        if let server { length += 10 + server.utf8.count }
+        for field in fields where !skipped(field.name, keepsLength: keepsLength) {
+            length += 4 + field.name.rawName.utf8.count + field.value.utf8.count
         }
-        buffer.writeStaticString("\r\n\r\n")
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+            var out = HeadBytes(base: raw.baseAddress!)
+            out.put("HTTP/1.1 ")
+            // HTTPTypes keeps codes within 0...999: three digits.
+            let code = response.status.code
+            out.put(byte: UInt8(ascii: "0") + UInt8(code / 100))
+            out.put(byte: UInt8(ascii: "0") + UInt8(code / 10 % 10))
+            out.put(byte: UInt8(ascii: "0") + UInt8(code % 10))
+            out.put(byte: UInt8(ascii: " "))
+            out.put(reason)
+            out.put("\r\ndate: ")
+            out.put(date)
+            if let server {
+                out.put("\r\nserver: ")
+                out.put(server)
+            }
+            for field in fields where !skipped(field.name, keepsLength: keepsLength) {
+                out.put("\r\n")
+                out.put(field.name.rawName)
+                out.put(": ")
+                out.put(field.value)
+            }
+            out.put(tail)
+            precondition(out.offset == length, "the head's length was miscounted")
+            return out.offset
+        }
+    }
+
+    /// Whether the head leaves out an answer's own field: the encoder writes `Date`, `Server`, `Connection`
+    /// and the framing fields itself. Names are told apart by length first: most fields are none of these,
+    /// and a string comparison for each of them cost more than writing the field.
+    private static func skipped(_ name: HTTPField.Name, keepsLength: Bool) -> Bool {
+        switch name.canonicalName.utf8.count {
+        case 4: return name == .date
+        case 6: return name == .server
+        case 10: return name == .connection
+        case 14: return !keepsLength && name == .contentLength
+        case 17: return name == .transferEncoding
+        default: return false
+        }
+    }
+
+    /// Copies a head's pieces into memory the caller has sized for them.
+    private struct HeadBytes {
+        let base: UnsafeMutableRawPointer
+        var offset = 0
+
+        mutating func put(_ text: StaticString) {
+            text.withUTF8Buffer { bytes in
+                (base + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+                offset += bytes.count
+            }
+        }
+
+        mutating func put(_ text: String) {
+            var text = text
+            text.withUTF8 { bytes in
+                if let start = bytes.baseAddress { (base + offset).copyMemory(from: start, byteCount: bytes.count) }
+                offset += bytes.count
+            }
+        }
+
+        mutating func put(byte: UInt8) {
+            base.storeBytes(of: byte, toByteOffset: offset, as: UInt8.self)
+            offset += 1
+        }
     }
 
     enum ConnectionHeader {

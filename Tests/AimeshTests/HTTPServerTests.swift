@@ -258,6 +258,17 @@ import Glibc
         #expect(head(HTTPResponse(status: .init(code: 599, reasonPhrase: "Odd")), .chunked, .none).hasPrefix("HTTP/1.1 599 Odd\r\n"))
         #expect(head(HTTPResponse(status: .init(code: 103, reasonPhrase: "Early Hints")), .noBody, .none).hasPrefix("HTTP/1.1 103 Early Hints\r\n"))
         #expect(head(HTTPResponse(status: .init(code: 7, reasonPhrase: "")), .noBody, .none).hasPrefix("HTTP/1.1 007 \r\n"))
+        // Names as long as the ones the encoder writes itself stay; values in UTF-8 are counted in bytes.
+        let lookalikes: HTTPFields = [HTTPField.Name("x-ab")!: "1", HTTPField.Name("x-abcd")!: "2", HTTPField.Name("x-abcdefgh")!: "3",
+                                      HTTPField.Name("x-aiproxy-cost")!: "4", HTTPField.Name("x-aiproxy-node-ab")!: "5",
+                                      HTTPField.Name("x-note")!: "café ✓", .contentLength: "9"]
+        #expect(head(HTTPResponse(status: .ok, headerFields: lookalikes), .chunked, .keepAlive)
+            == "HTTP/1.1 200 OK\r\ndate: Thu, 03 Dec 2026 07:00:00 GMT\r\nserver: aimesh\r\nx-ab: 1\r\nx-abcd: 2\r\nx-abcdefgh: 3\r\n"
+                + "x-aiproxy-cost: 4\r\nx-aiproxy-node-ab: 5\r\nx-note: café ✓\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n")
+        // The head goes after what the buffer holds already.
+        var buffer = ByteBuffer(string: "before|")
+        E.writeHead(HTTPResponse(status: .ok), framing: .untilClose, connection: .close, date: "D", server: nil, into: &buffer)
+        #expect(String(buffer: buffer) == "before|HTTP/1.1 200 OK\r\ndate: D\r\nconnection: close\r\n\r\n")
     }
 
     @Test func encoding_writesChunksAndTheLastChunk() {
