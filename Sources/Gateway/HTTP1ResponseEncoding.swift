@@ -113,10 +113,15 @@ enum HTTP1ResponseEncoding {
         }
 
         mutating func put(_ text: String) {
-            var text = text
-            text.withUTF8 { bytes in
+            // Native strings (all of these) are contiguous UTF-8: copied in place, without a copy of the string.
+            let copied = text.utf8.withContiguousStorageIfAvailable { bytes in
                 if let start = bytes.baseAddress { (base + offset).copyMemory(from: start, byteCount: bytes.count) }
-                offset += bytes.count
+                return bytes.count
+            }
+            if let copied {
+                offset += copied
+            } else {
+                for byte in text.utf8 { put(byte: byte) }
             }
         }
 
