@@ -358,21 +358,20 @@ extension Gateway {
                 info.cacheStored = stored
             }
             let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
-            var extra: [HTTPField] = []
-            extra.reserveCapacity(3)
-            if cacheKey != nil { extra.append(HTTPField(name: .aiproxyCache, value: "miss")) }
-            extra.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
-            extra.append(HTTPField(name: .aiproxyLatency, value: latency.millisecondsRoundedText))
-            let headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
-                                          strategy: plan.strategy, extra: extra, bodyLength: body.count)
+            var headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
+                                          strategy: plan.strategy, extra: 3)
+            if cacheKey != nil { headers.append(HTTPField(name: .aiproxyCache, value: "miss")) }
+            headers.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
+            headers.append(HTTPField(name: .aiproxyLatency, value: latency.millisecondsRoundedText))
             record(requestID: requestID, model: model, apiKey: apiKey, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                    upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: endpoint)
-            return JSONResponse.make(bytes: body, finalHeaders: headers)
+            return JSONResponse.make(bytes: body, completeHeaders: headers)
         case .success(.stream(let stream, let first), let route, let attempts, let upstreamTime):
             let path = self.path(for: route, downstream: stream.headers)
-            let headers = responseHeaders(requestID: requestID, contentType: "text/event-stream", route: route, path: path, attempts: attempts,
-                                          strategy: plan.strategy,
-                                          extra: [HTTPField(name: .cacheControl, value: "no-cache"), HTTPField(name: .accelBuffering, value: "no")])
+            var headers = responseHeaders(requestID: requestID, contentType: "text/event-stream", route: route, path: path, attempts: attempts,
+                                          strategy: plan.strategy)
+            headers.append(HTTPField(name: .cacheControl, value: "no-cache"))
+            headers.append(HTTPField(name: .accelBuffering, value: "no"))
             let firstByteOverhead = (ContinuousClock.now - start) - upstreamTime
             metrics.timer("aimesh_gateway_overhead_seconds", [("endpoint", "\(endpoint)_stream")]).record(duration: max(firstByteOverhead, .zero))
             let body = ResponseBody { [self] writer in
@@ -531,13 +530,12 @@ extension Gateway {
                 let cost = peer?.cost ?? route.candidate.price.cost(of: response.usage)
                 let path = self.path(for: route, downstream: response.headers)
                 let info = aiproxyInfo(requestID: requestID, route: route, path: path, attempts: attempts, strategy: plan.strategy, usage: response.usage, cost: cost, latency: latency)
-                let body = Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer)
-                let headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
-                                              strategy: plan.strategy, extra: [HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost))],
-                                              bodyLength: body.count)
+                var headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
+                                              strategy: plan.strategy, extra: 1)
+                headers.append(HTTPField(name: .aiproxyCost, value: AIProxyInfo.costText(cost)))
                 record(requestID: requestID, model: modelName, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "embeddings")
-                return JSONResponse.make(bytes: body, finalHeaders: headers)
+                return JSONResponse.make(bytes: Gateway.withAIProxy(response.body, closingBrace: response.closingBrace, info: info, peer: peer), completeHeaders: headers)
             }
         } catch {
             recordFailure(requestID: requestID, model: modelName, apiKey: context.apiKeyName, error: error, attempts: [], options: options, stream: false, start: start, endpoint: "embeddings")
@@ -645,23 +643,20 @@ extension Gateway {
         return headers
     }
 
-    /// A served answer's headers: its content type, the base headers and how it was served, then `extra`,
-    /// then `Content-Length` when the body's length is known. Built as one list and added to the fields in
-    /// one call (`HTTPFields.from`), never set by name, so no field is searched for.
+    /// A served answer's headers: its content type, the base headers and how it was served, with room
+    /// for `extra` more. Appended, never set by name, so no field is searched for.
     func responseHeaders(requestID: String, contentType: String, route: ExecutableRoute, path: [String], attempts: [AttemptRecord],
-                         strategy: RoutingStrategy, extra: [HTTPField] = [], bodyLength: Int? = nil) -> HTTPFields {
-        var list: [HTTPField] = []
-        list.reserveCapacity(8 + extra.count)
-        list.append(HTTPField(name: .contentType, value: contentType))
-        list.append(HTTPField(name: .aiproxyRequestID, value: requestID))
-        list.append(HTTPField(name: .aiproxyNode, value: nodeName))
-        list.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
-        list.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
-        list.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
-        list.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
-        list.append(contentsOf: extra)
-        if let bodyLength { list.append(HTTPField(name: .contentLength, value: String(bodyLength))) }
-        return HTTPFields.from(list)
+                         strategy: RoutingStrategy, extra: Int = 2) -> HTTPFields {
+        var headers = HTTPFields()
+        headers.reserveCapacity(8 + extra)  // and content-length, which JSONResponse appends
+        headers.append(HTTPField(name: .contentType, value: contentType))
+        headers.append(HTTPField(name: .aiproxyRequestID, value: requestID))
+        headers.append(HTTPField(name: .aiproxyNode, value: nodeName))
+        headers.append(HTTPField(name: .aiproxyProvider, value: path.last ?? route.candidate.name))
+        headers.append(HTTPField(name: .aiproxyRoute, value: path.joined(separator: ",")))
+        headers.append(HTTPField(name: .aiproxyAttempts, value: String(attempts.count)))
+        headers.append(HTTPField(name: .aiproxyStrategy, value: strategy.rawValue))
+        return headers
     }
 
     // MARK: Ledger and metrics

@@ -96,11 +96,10 @@ extension Gateway {
                 let answer: JSON = ["request_id": .string(requestID), "model": .string(model), "output": .string(output), "metadata": metadata]
                 record(requestID: requestID, model: model, apiKey: context.apiKeyName, route: route, path: path, usage: response.usage, cost: cost, latency: latency,
                        upstreamTime: upstreamTime, status: 200, outcome: "ok", attempts: attempts, options: options, stream: false, error: nil, endpoint: "predict")
-                let bytes = answer.bytes
-                let headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
-                                              strategy: plan.strategy, extra: [HTTPField(name: .aiproxyCost, value: JSON.money(cost).text)],
-                                              bodyLength: bytes.count)
-                return JSONResponse.make(bytes: bytes, finalHeaders: headers)
+                var headers = responseHeaders(requestID: requestID, contentType: "application/json", route: route, path: path, attempts: attempts,
+                                              strategy: plan.strategy, extra: 1)
+                headers.append(HTTPField(name: .aiproxyCost, value: JSON.money(cost).text))
+                return JSONResponse.make(bytes: answer.bytes, completeHeaders: headers)
             }
         } catch {
             return error.response(extraHeaders: baseHeaders(requestID))

@@ -60,28 +60,12 @@ enum JSONResponse {
     static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, completeHeaders headers: HTTPFields) -> Response {
         var headers = headers
         headers.append(HTTPField(name: .contentLength, value: String(bytes.count)))
-        return make(bytes: bytes, status: status, finalHeaders: headers)
-    }
-
-    /// `headers` carry the content type and this body's `Content-Length` already: used as they are.
-    static func make(bytes: [UInt8], status: HTTPResponse.Status = .ok, finalHeaders headers: HTTPFields) -> Response {
         // Sized at once (an empty buffer grew to a power of two, copying what it had).
-        Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+        return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }
 
 extension HTTPFields {
-    /// Fields made from a list in one call. `append` on `HTTPFields` is the collection protocol's generic
-    /// insert, which reaches HTTPTypes' unspecialized `replaceSubrange` once per field (about 450
-    /// instructions each, callgrind); `replaceSubrange` at the end with the whole list appends each field
-    /// through HTTPTypes' own internal append.
-    static func from(_ list: [HTTPField]) -> HTTPFields {
-        var fields = HTTPFields()
-        fields.reserveCapacity(list.count)
-        fields.replaceSubrange(fields.endIndex..<fields.endIndex, with: list)
-        return fields
-    }
-
     /// The first field named `name`. `HTTPFields`' own subscript joins every such field through a lazy
     /// generic sequence, which costs half a microsecond even for one field; the request path asks for
     /// single-valued fields only.
