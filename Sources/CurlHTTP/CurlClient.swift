@@ -149,17 +149,19 @@ final class Transfer: @unchecked Sendable {
     let state = Mutex(State())
     unowned(unsafe) let engine: CurlEngine
     let request: OutboundRequest
-    // Touched only inside the engine (holding its lock):
-    var easy: UnsafeMutableRawPointer?
-    var headerList: UnsafeMutablePointer<curl_slist>?
-    var bodyPointer: UnsafeMutableRawPointer?
-    var errorBuffer: UnsafeMutablePointer<CChar>
-    var status = 0
-    var headers: [(name: String, value: String)] = []
-    var headSeen = false
-    var firstByteDeadline: ContinuousClock.Instant?
-    var idleDeadline: ContinuousClock.Instant?
-    var lastActivity: ContinuousClock.Instant
+    // Touched only inside the engine, holding its lock, which is what keeps their accesses apart: the
+    // runtime's exclusivity checks on them (a call and a thread-local lookup for each access, about 3,500
+    // instructions a request with the engine's own, callgrind) are left out.
+    @exclusivity(unchecked) var easy: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) var headerList: UnsafeMutablePointer<curl_slist>?
+    @exclusivity(unchecked) var bodyPointer: UnsafeMutableRawPointer?
+    let errorBuffer: UnsafeMutablePointer<CChar>
+    @exclusivity(unchecked) var status = 0
+    @exclusivity(unchecked) var headers: [(name: String, value: String)] = []
+    @exclusivity(unchecked) var headSeen = false
+    @exclusivity(unchecked) var firstByteDeadline: ContinuousClock.Instant?
+    @exclusivity(unchecked) var idleDeadline: ContinuousClock.Instant?
+    @exclusivity(unchecked) var lastActivity: ContinuousClock.Instant
     let pauseAbove: Int
     /// The event loop the caller runs on (when NIO is the executor): answers are handed back there, so
     /// the waiting task wakes on the loop that owns its connection instead of any loop, and writes its

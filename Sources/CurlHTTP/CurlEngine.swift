@@ -30,22 +30,23 @@ final class CurlEngine: @unchecked Sendable {
     private let wakeFD: Int32
     private let noProxy: String
     private var thread: pthread_t?
-    // Guarded by `lock` (and every call into `multi` is made holding it):
+    // Guarded by `lock` (and every call into `multi` is made holding it). The lock is what keeps their
+    // accesses apart, so the runtime's exclusivity checks on them are left out (see `Transfer`).
     private let lock = EngineLock()
-    private var active: [UnsafeMutableRawPointer: Transfer] = [:]
+    @exclusivity(unchecked) private var active: [UnsafeMutableRawPointer: Transfer] = [:]
     /// Easy handles of finished transfers, reset and kept for the next ones (at most `spareLimit`): a handle
     /// keeps its buffers, so a transfer does not allocate and free them again.
-    private var spareHandles: [UnsafeMutableRawPointer] = []
+    @exclusivity(unchecked) private var spareHandles: [UnsafeMutableRawPointer] = []
     private static let spareLimit = 64
-    private var watched: Set<Int32> = []
-    private var timerDeadline: ContinuousClock.Instant?
+    @exclusivity(unchecked) private var watched: Set<Int32> = []
+    @exclusivity(unchecked) private var timerDeadline: ContinuousClock.Instant?
     /// When the engine thread will next wake by itself.
-    private var sleepingUntil: ContinuousClock.Instant = .now
+    @exclusivity(unchecked) private var sleepingUntil: ContinuousClock.Instant = .now
     /// The earliest deadline that appeared since the engine thread last looked at them all (a new
     /// transfer's first-byte deadline, a fresh head's idle deadline): what a submitter compares with
     /// `sleepingUntil` instead of walking every transfer.
-    private var newDeadline: ContinuousClock.Instant?
-    private var closed = false
+    @exclusivity(unchecked) private var newDeadline: ContinuousClock.Instant?
+    @exclusivity(unchecked) private var closed = false
 
     init(configuration: CurlClient.Configuration) {
         precondition(curlGlobalInit, "curl_global_init failed")
