@@ -44,16 +44,15 @@ enum HTTP1ResponseEncoding {
         let keepsLength = framing == .contentLength || (framing == .noBody && !statusForbidsBody(response.status))
         let fields = response.headerFields
         let reason = response.status.reasonPhrase
-        let tail: StaticString
-        switch (framing == .chunked, connection) {
-        case (false, .none): tail = "\r\n\r\n"
-        case (false, .close): tail = "\r\nconnection: close\r\n\r\n"
-        case (false, .keepAlive): tail = "\r\nconnection: keep-alive\r\n\r\n"
-        case (true, .none): tail = "\r\ntransfer-encoding: chunked\r\n\r\n"
-        case (true, .close): tail = "\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-        case (true, .keepAlive): tail = "\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n"
+        let chunked: StaticString = framing == .chunked ? "\r\ntransfer-encoding: chunked" : ""
+        let connectionLine: StaticString
+        switch connection {
+        case .none: connectionLine = ""
+        case .close: connectionLine = "\r\nconnection: close"
+        case .keepAlive: connectionLine = "\r\nconnection: keep-alive"
         }
-        var length = 13 + reason.utf8.count + 8 + date.utf8.count + tail.utf8CodeUnitCount  // "HTTP/1.1 200 " … "\r\ndate: "
+        // "HTTP/1.1 200 " and "\r\ndate: ", then the lines that vary, then the blank line.
+        var length = 13 + reason.utf8.count + 8 + date.utf8.count + chunked.utf8CodeUnitCount + connectionLine.utf8CodeUnitCount + 4
         if let server { length += 10 + server.utf8.count }
         for field in fields where !skipped(field.name, keepsLength: keepsLength) {
             length += 4 + field.name.rawName.utf8.count + field.value.utf8.count
@@ -80,7 +79,9 @@ enum HTTP1ResponseEncoding {
                 out.put(": ")
                 out.put(field.value)
             }
-            out.put(tail)
+            out.put(chunked)
+            out.put(connectionLine)
+            out.put("\r\n\r\n")
             precondition(out.offset == length, "the head's length was miscounted")
             return out.offset
         }
@@ -107,7 +108,7 @@ enum HTTP1ResponseEncoding {
 
         mutating func put(_ text: StaticString) {
             text.withUTF8Buffer { bytes in
-                (base + offset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+                if let start = bytes.baseAddress { (base + offset).copyMemory(from: start, byteCount: bytes.count) }
                 offset += bytes.count
             }
         }

@@ -280,28 +280,12 @@ private struct Cursor {
     }
 
     mutating func parseArray(depth: Int) throws(JSONParseError) -> JSON {
-        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
-        index += 1  // [
+        guard try enter(depth: depth, close: UInt8(ascii: "]")) else { return .array([]) }
         var items: [JSON] = []
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
-            index += 1
-            return .array(items)
-        }
         while true {
             skipWhitespace()
             items.append(try parseValue(depth: depth))
-            skipWhitespace()
-            guard index < bytes.count else { throw error(at: index, "unexpected end of input in an array") }
-            if bytes[index] == UInt8(ascii: ",") {
-                index += 1
-                continue
-            }
-            if bytes[index] == UInt8(ascii: "]") {
-                index += 1
-                return .array(items)
-            }
-            throw error(at: index, "unexpected \(describe(bytes[index])), expected ',' or ']'")
+            guard try moreItems(close: UInt8(ascii: "]")) else { return .array(items) }
         }
     }
 
@@ -614,13 +598,7 @@ extension Cursor {
     /// Walks an object's members (the cursor on its `{`, at nesting `depth`), checking the grammar; `member` gets
     /// each name's raw bytes (nil when the name has escapes) with the cursor on the value, and must move past it.
     mutating func scanMembers(depth: Int, _ member: (inout Cursor, UnsafeBufferPointer<UInt8>?) throws(JSONParseError) -> Void) throws(JSONParseError) {
-        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
-        index += 1  // {
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
-            index += 1
-            return
-        }
+        guard try enter(depth: depth, close: UInt8(ascii: "}")) else { return }
         while true {
             skipWhitespace()
             guard index < bytes.count else { throw error(at: index, "unexpected end of input in an object") }
@@ -646,19 +624,27 @@ extension Cursor {
     /// Walks an array's values (the cursor on its `[`, at nesting `depth`); `element` is called with the cursor
     /// on each value and must move past it.
     mutating func scanElements(depth: Int, _ element: (inout Cursor) throws(JSONParseError) -> Void) throws(JSONParseError) {
-        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
-        index += 1  // [
-        skipWhitespace()
-        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
-            index += 1
-            return
-        }
+        guard try enter(depth: depth, close: UInt8(ascii: "]")) else { return }
         while true {
             skipWhitespace()
             guard index < bytes.count else { throw error(at: index, "unexpected end of input, expected a value") }
             try element(&self)
             guard try moreItems(close: UInt8(ascii: "]")) else { return }
         }
+    }
+
+    /// Moves past a container's opening `{` or `[` (the cursor on it, at nesting `depth`) and, when it is empty,
+    /// past its `close` too: false then, true when a member or an element follows.
+    @inline(__always)
+    mutating func enter(depth: Int, close: UInt8) throws(JSONParseError) -> Bool {
+        if depth > limits.maxDepth { throw error(at: index, "nesting deeper than \(limits.maxDepth) levels") }
+        index += 1
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == close {
+            index += 1
+            return false
+        }
+        return true
     }
 
     /// After a member or an element: moves past a `,` (true: another follows) or the closing `close` (false).

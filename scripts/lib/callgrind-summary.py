@@ -1,8 +1,8 @@
 """Summarises a callgrind profile per request: instructions (Ir) in all, by object, and the functions with the
 most instructions of their own (self cost; a call's cost is counted in the callee), names demangled.
     python3 scripts/lib/callgrind-summary.py FILE REQUESTS [TOP] [--callers NAME_PART]
-With --callers, lists who calls the functions whose name contains NAME_PART: instructions spent in those calls
-(inclusive) and calls, per request."""
+With --callers, lists who calls the functions whose name (mangled, or demangled as the summary prints it)
+contains NAME_PART: instructions spent in those calls (inclusive) and calls, per request."""
 import collections
 import re
 import shutil
@@ -56,7 +56,7 @@ with open(path, errors="replace") as profile:
             cost = int(fields[1])
             if pending_call:
                 pending_call = False
-                if callers_of and callee and callers_of in callee:
+                if callers_of and callee:
                     record = calls_into[(callee, function)]
                     record[0] += cost
                     record[1] += call_count
@@ -93,8 +93,10 @@ for (name, cost), pretty in zip(rows, demangle(name or "?" for name, _ in rows))
     label = pretty if not pretty.startswith("0x") else f"{pretty} in {where}"
     print(f"{100 * cost / total:6.2f}% {cost / requests:12,.0f}  {label[:150]}")
 if callers_of:
+    callees = sorted({callee for callee, _ in calls_into})
+    matching = {raw for raw, pretty in zip(callees, demangle(callees)) if callers_of in raw or callers_of in pretty}
     print()
     print(f"calls into functions named like {callers_of!r}: inclusive instructions and calls per request, by caller")
-    rows = sorted(calls_into.items(), key=lambda item: -item[1][0])[:top]
+    rows = sorted(((key, value) for key, value in calls_into.items() if key[0] in matching), key=lambda item: -item[1][0])[:top]
     for ((_, caller), (cost, count)), pretty in zip(rows, demangle(caller or "?" for (_, caller), _ in rows)):
         print(f"{cost / requests:12,.0f} {count / requests:8.1f}  {pretty[:150]}")
