@@ -59,6 +59,21 @@ wait_http() {
     die "$url did not answer within ${limit}s"
 }
 
+# machine_wakeup prints what one wake-up of a thread on the other CPU costs right now, in µs (eventfd ping-pong
+# between two threads pinned to CPUs 0 and 1, 3,000 round trips; scripts/lib/wake-pingpong.c). On this VM it is
+# the plainest sign of the hour: an idle vCPU halts, and waking it goes through the hypervisor, whose speed
+# changes from hour to hour. The benchmarks print it before and after their runs so that figures from slow
+# spells can be told apart. Prints "-" on one CPU or without a C compiler.
+machine_wakeup() {
+    local tool="$AIMESH_ROOT/.build/cache/wake-pingpong"
+    [ "$(nproc)" -gt 1 ] && command -v gcc >/dev/null || { echo "-"; return 0; }
+    if [ ! -x "$tool" ] || [ "$AIMESH_ROOT/scripts/lib/wake-pingpong.c" -nt "$tool" ]; then
+        mkdir -p "$(dirname "$tool")"
+        gcc -O2 -o "$tool" "$AIMESH_ROOT/scripts/lib/wake-pingpong.c" -lpthread || { echo "-"; return 0; }
+    fi
+    "$tool" threads 0 1 3000 | sed -n 's/.*(\([0-9.]*\) us per wake-up).*/\1/p'
+}
+
 # write_bench_node FILE ID DATA_DIR API_PORT MOCK_PORT [GOSSIP_PORT] writes the benchmarks' serving node: the
 # mock's m-fast as a local provider, warnings only; with GOSSIP_PORT the mesh is on and listens there.
 write_bench_node() {
