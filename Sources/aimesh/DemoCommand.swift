@@ -121,7 +121,15 @@ struct DemoCommand: AsyncParsableCommand {
             }
             try await chat.ask(edgeBase, "edge", "no-such-model", "Hello?")
 
-            let topology = try JSONParser.parse(try await client.send(OutboundRequest(url: edgeBase + "/aiproxy/mesh/topology")).1)
+            // The RTTs come from the membership probes (one peer every 500 ms, in turn), and the chats above
+            // take under a second: give edge up to 3 s to have probed every peer it knows, so the table
+            // shows a measured RTT on each edge rather than "-" for a peer joined a moment ago.
+            var topology = try JSONParser.parse(try await client.send(OutboundRequest(url: edgeBase + "/aiproxy/mesh/topology")).1)
+            let waitStarted = ContinuousClock.now
+            while (topology["edges"]?.arrayValue ?? []).contains(where: { $0["rtt_ms"]?.doubleValue == nil }), ContinuousClock.now - waitStarted < .seconds(3) {
+                try await Task.sleep(for: .milliseconds(100))
+                topology = try JSONParser.parse(try await client.send(OutboundRequest(url: edgeBase + "/aiproxy/mesh/topology")).1)
+            }
             print("The mesh as edge sees it (GET /aiproxy/mesh/topology, also `aimesh topology` and \(edgeBase)/ui):\n")
             print(TopologyRender.table(topology))
         } catch {
