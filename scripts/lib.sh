@@ -71,7 +71,11 @@ machine_wakeup() {
         mkdir -p "$(dirname "$tool")"
         gcc -O2 -o "$tool" "$AIMESH_ROOT/scripts/lib/wake-pingpong.c" -lpthread || { echo "-"; return 0; }
     fi
-    "$tool" threads 0 1 3000 | sed -n 's/.*(\([0-9.]*\) us per wake-up).*/\1/p'
+    # Never fails: on a machine where CPU 1 is out of reach (a cpuset, taskset) the figure is "-".
+    local out figure
+    out="$("$tool" threads 0 1 3000 2>/dev/null)" || { echo "-"; return 0; }
+    figure="$(sed -n 's/.*(\([0-9.]*\) us per wake-up).*/\1/p' <<<"$out")"
+    echo "${figure:--}"
 }
 
 # write_bench_node FILE ID DATA_DIR API_PORT MOCK_PORT [GOSSIP_PORT] writes the benchmarks' serving node: the
