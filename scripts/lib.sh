@@ -59,20 +59,26 @@ wait_http() {
     die "$url did not answer within ${limit}s"
 }
 
-# machine_wakeup prints what one wake-up of a thread on the other CPU costs right now, in µs (eventfd ping-pong
-# between two threads pinned to CPUs 0 and 1, 3,000 round trips; scripts/lib/wake-pingpong.c). On this VM it is
-# the plainest sign of the hour: an idle vCPU halts, and waking it goes through the hypervisor, whose speed
-# changes from hour to hour. The benchmarks print it before and after their runs so that figures from slow
-# spells can be told apart. Prints "-" on one CPU or without a C compiler.
-machine_wakeup() {
-    local tool="$AIMESH_ROOT/.build/cache/wake-pingpong"
-    [ "$(nproc)" -gt 1 ] && command -v gcc >/dev/null || { echo "-"; return 0; }
-    if [ ! -x "$tool" ] || [ "$AIMESH_ROOT/scripts/lib/wake-pingpong.c" -nt "$tool" ]; then
+# wake_pingpong prints the path of scripts/lib/wake-pingpong.c built (once, into .build/cache; again when the
+# source is newer), or fails without a C compiler. bench-wakeups and machine_wakeup run it.
+wake_pingpong() {
+    local tool="$AIMESH_ROOT/.build/cache/wake-pingpong" source="$AIMESH_ROOT/scripts/lib/wake-pingpong.c"
+    command -v gcc >/dev/null || return 1
+    if [ ! -x "$tool" ] || [ "$source" -nt "$tool" ]; then
         mkdir -p "$(dirname "$tool")"
-        gcc -O2 -o "$tool" "$AIMESH_ROOT/scripts/lib/wake-pingpong.c" -lpthread || { echo "-"; return 0; }
+        gcc -O2 -o "$tool" "$source" -lpthread >&2 || return 1
     fi
-    # Never fails: on a machine where CPU 1 is out of reach (a cpuset, taskset) the figure is "-".
-    local out figure
+    echo "$tool"
+}
+
+# machine_wakeup prints what one wake-up of a thread on the other CPU costs right now, in µs (eventfd ping-pong
+# between two threads pinned to CPUs 0 and 1, 3,000 round trips). On this VM it is the plainest sign of the
+# hour: an idle vCPU halts, and waking it goes through the hypervisor, whose speed changes from hour to hour.
+# The benchmarks print it before and after their runs so that figures from slow spells can be told apart.
+# Never fails a benchmark: "-" on one CPU, without a C compiler, or where CPU 1 is out of reach (a cpuset).
+machine_wakeup() {
+    local tool out figure
+    [ "$(nproc)" -gt 1 ] && tool="$(wake_pingpong)" || { echo "-"; return 0; }
     out="$("$tool" threads 0 1 3000 2>/dev/null)" || { echo "-"; return 0; }
     figure="$(sed -n 's/.*(\([0-9.]*\) us per wake-up).*/\1/p' <<<"$out")"
     echo "${figure:--}"

@@ -32,3 +32,16 @@ public final class Eventual<Value: Sendable>: Sendable {
         for waiter in waiters { waiter.resume(with: result) }
     }
 }
+
+/// Polls `condition` every `interval` until it holds or `timeout` passes, for state that another node or
+/// process reaches in its own time and announces to no one (gossip spreading, a peer's first probe, a
+/// failure detected); returns the last answer. Where there is an event to wait on, wait on that instead.
+public func eventually(_ timeout: Duration = .seconds(15), every interval: Duration = .milliseconds(25),
+                       _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: interval)
+    }
+    return try await condition()
+}

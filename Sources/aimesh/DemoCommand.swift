@@ -94,15 +94,13 @@ struct DemoCommand: AsyncParsableCommand {
             // Wait until every node sees the other two and every model.
             let started = ContinuousClock.now
             let everything: Set<String> = ["smollm2", "llama-3.1-8b", "claude-sonnet", "gemini-flash", "llama-3.1-8b-cf"]
-            var settled = false
-            while !settled && ContinuousClock.now - started < .seconds(20) {
-                settled = true
+            let settled = try await eventually(.seconds(20), every: .milliseconds(50)) {
                 for entry in runtimes {
                     let models = try JSONParser.parse(try await client.send(OutboundRequest(url: entry.base + "/v1/models")).1)
                     let ids = Set((models["data"]?.arrayValue ?? []).compactMap { $0["id"]?.stringValue })
-                    if !everything.isSubset(of: ids) { settled = false }
+                    if !everything.isSubset(of: ids) { return false }
                 }
-                if !settled { try await Task.sleep(for: .milliseconds(50)) }
+                return true
             }
             let took = ContinuousClock.now - started
             print(settled ? "\nJoined from one seed; every node sees every model in \(took.millisecondsRounded) ms.\n" : "\nThe mesh did not settle in 20 s.\n")
@@ -124,11 +122,10 @@ struct DemoCommand: AsyncParsableCommand {
             // The RTTs come from the membership probes (one peer every 500 ms, in turn), and the chats above
             // take under a second: give edge up to 3 s to have probed every peer it knows, so the table
             // shows a measured RTT on each edge rather than "-" for a peer joined a moment ago.
-            var topology = try JSONParser.parse(try await client.send(OutboundRequest(url: edgeBase + "/aiproxy/mesh/topology")).1)
-            let waitStarted = ContinuousClock.now
-            while (topology["edges"]?.arrayValue ?? []).contains(where: { $0["rtt_ms"]?.doubleValue == nil }), ContinuousClock.now - waitStarted < .seconds(3) {
-                try await Task.sleep(for: .milliseconds(100))
+            var topology = JSON.null
+            _ = try await eventually(.seconds(3), every: .milliseconds(100)) {
                 topology = try JSONParser.parse(try await client.send(OutboundRequest(url: edgeBase + "/aiproxy/mesh/topology")).1)
+                return !(topology["edges"]?.arrayValue ?? []).contains { $0["rtt_ms"]?.doubleValue == nil }
             }
             print("The mesh as edge sees it (GET /aiproxy/mesh/topology, also `aimesh topology` and \(edgeBase)/ui):\n")
             print(TopologyRender.table(topology))

@@ -145,17 +145,6 @@ func offThePool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passes (for state another process or node reaches
-/// in its own time: gossip, detection); returns the last answer.
-func eventually(_ timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(25))
-    }
-    return try await condition()
-}
-
 /// Counts by name, from any thread.
 final class Counter: Sendable {
     let counts = Mutex<[String: Int]>([:])
