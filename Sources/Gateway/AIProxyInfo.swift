@@ -21,37 +21,38 @@ struct AIProxyInfo: Sendable {
 
     /// Appends the object; with `downstream`, those bytes (a peer's own `x_aiproxy`) as its last member.
     func encode(into out: inout [UInt8], downstream: ArraySlice<UInt8>? = nil) {
-        func key(_ name: StaticString, first: Bool = false) {
-            if !first { out.append(UInt8(ascii: ",")) }
-            out.append(UInt8(ascii: "\""))
-            out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-            out.append(contentsOf: #"":"#.utf8)
+        // Each member's punctuation and name go in as one literal: appending the comma, the quotes, the
+        // name and the colon separately cost about 340 instructions a member (callgrind).
+        func literal(_ text: StaticString) {
+            out.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
         }
         func string(_ value: String) { JSON.encodeString(value, into: &out) }
-        out.append(UInt8(ascii: "{"))
-        key("request_id", first: true); string(requestID)
-        key("node"); string(node)
-        key("provider"); string(provider)
-        key("upstream_model"); string(upstreamModel)
-        key("route"); JSON.encodeStrings(route, into: &out)
-        key("strategy"); string(strategy)
-        key("attempts")
+        func integer(_ value: Int) {
+            if value >= 0, value < 10 {
+                out.append(UInt8(ascii: "0") + UInt8(value))
+            } else {
+                out.append(contentsOf: String(value).utf8)
+            }
+        }
+        literal(#"{"request_id":"#); string(requestID)
+        literal(#","node":"#); string(node)
+        literal(#","provider":"#); string(provider)
+        literal(#","upstream_model":"#); string(upstreamModel)
+        literal(#","route":"#); JSON.encodeStrings(route, into: &out)
+        literal(#","strategy":"#); string(strategy)
+        literal(#","attempts":"#)
         AIProxyInfo.encode(attempts, into: &out)
-        key("tokens")
-        out.append(UInt8(ascii: "{"))
-        key("prompt", first: true); out.append(contentsOf: String(usage.promptTokens).utf8)
-        key("completion"); out.append(contentsOf: String(usage.completionTokens).utf8)
-        key("total"); out.append(contentsOf: String(usage.totalTokens).utf8)
-        key("estimated"); out.append(contentsOf: (usage.estimated ? "true" : "false").utf8)
-        out.append(UInt8(ascii: "}"))
-        key("cost"); JSON.money(cost).encode(into: &out)
-        key("latency_ms"); JSON.double(latency.millisecondsRounded).encode(into: &out)
+        literal(#","tokens":{"prompt":"#); integer(usage.promptTokens)
+        literal(#","completion":"#); integer(usage.completionTokens)
+        literal(#","total":"#); integer(usage.totalTokens)
+        if usage.estimated { literal(#","estimated":true}"#) } else { literal(#","estimated":false}"#) }
+        literal(#","cost":"#); JSON.money(cost).encode(into: &out)
+        literal(#","latency_ms":"#); JSON.double(latency.millisecondsRounded).encode(into: &out)
         if let cacheStored {
-            key("cache")
-            out.append(contentsOf: (cacheStored ? #"{"hit":false,"stored":true}"# : #"{"hit":false,"stored":false}"#).utf8)
+            if cacheStored { literal(#","cache":{"hit":false,"stored":true}"#) } else { literal(#","cache":{"hit":false,"stored":false}"#) }
         }
         if let downstream {
-            key("downstream")
+            literal(#","downstream":"#)
             out.append(contentsOf: downstream)
         }
         out.append(UInt8(ascii: "}"))

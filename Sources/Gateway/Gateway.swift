@@ -155,6 +155,19 @@ public final class Gateway: Sendable {
         self.meshTopology = meshTopology
     }
 
+    /// What a node serves: the router with every endpoint, the chat completions paths compared whole first
+    /// (see `ExactPathResponder`).
+    public func buildResponder() -> ExactPathResponder<GatewayContext> {
+        let router = buildRouter()
+        guard !configuration.server.disabledPaths.contains("/v1/chat/completions") else {
+            return ExactPathResponder(router: router, exact: [])
+        }
+        let chat: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
+            await self.chatCompletions(request, context: context)
+        }
+        return ExactPathResponder(router: router, exact: [(.post, "/v1/chat/completions", chat), (.post, "/chat/completions", chat)])
+    }
+
     /// The Hummingbird router with every endpoint.
     public func buildRouter() -> Router<GatewayContext> {
         let router = Router(context: GatewayContext.self)

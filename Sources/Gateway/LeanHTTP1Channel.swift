@@ -38,7 +38,7 @@ import Synchronization
 /// the idle timeout (`server.read_timeout`) and graceful quiescing, the extra handlers (the node's
 /// write-stall guard), an error thrown past the router answered 500, and the `Date` and `Server` headers.
 public struct LeanHTTP1Channel: ServerChildChannel {
-    public typealias Responder = RouterResponder<GatewayContext>
+    public typealias Responder = ExactPathResponder<GatewayContext>
 
     public struct Connection: ServerChildChannelValue {
         public let channel: any Channel

@@ -92,7 +92,7 @@ struct GatewayBench {
         let client = CurlClient()
         let ledger = withLedger ? try Ledger(path: dataDir + "/ledger.sqlite", logger: logger) : nil
         let gateway = Gateway(configuration: configuration, client: client, ledger: ledger, logger: logger, remote: CannedRoutes())
-        let responder = gateway.buildRouter().buildResponder()
+        let responder = gateway.buildResponder()
         let channel = NIOAsyncTestingChannel()
         try await channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 40000)).get()
         let source = ApplicationRequestContextSource(channel: channel, logger: logger)

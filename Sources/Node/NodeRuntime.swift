@@ -189,7 +189,6 @@ public final class NodeRuntime: Sendable {
     /// Runs until SIGTERM/SIGINT (when `handleSignals`) or `shutdown()`.
     public func run(handleSignals: Bool = true) async throws {
         let listen = configuration.server.listenAddr
-        let router = gateway.buildRouter()
         // server.read_timeout: how long a connection may sit without sending a complete request — idle
         // keep-alive connections and slow senders (slowloris) alike are closed after it. A request being
         // answered (a long stream included) is never cut by it.
@@ -202,7 +201,7 @@ public final class NodeRuntime: Sendable {
         let channel = LeanHTTP1Channel.Configuration(
             maxBodyBytes: max(configuration.server.maxRequestSize, 16384), idleTimeout: readTimeout, serverName: "aimesh",
             additionalChannelHandlers: { [WriteStallHandler(timeout: writeTimeout, onTimeout: { stalled.increment() })] })
-        let responder = router.buildResponder()
+        let responder = gateway.buildResponder()
         let app = Application(
             responder: responder,
             server: HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: channel) },

@@ -119,9 +119,8 @@ import Glibc
         }
     }
 
-    /// Requests of different kinds through one client: nothing of one (method, body, headers) reaches the next.
-    /// (Kept from an experiment with reused, reset easy handles, which this test guarded; the pool measured no
-    /// gain with `scripts/bench-cpu` and was left out.)
+    /// Requests of different kinds through one client, whose easy handles are reused without a reset: nothing
+    /// of one (method, body, headers, timeouts) reaches the next.
     @Test func mixedRequests_carryNothingOver() async throws {
         try await withMocks([.init(name: "m")]) { mocks in
             let base = mocks[0].baseURL
@@ -137,6 +136,31 @@ import Glibc
             while try await stream.next() != nil {}
             let (again, _) = try await client.send(OutboundRequest(url: base + "/v1/models"))
             #expect(again.status == 200 && mocks[0].lastRequest?.method == "GET")
+
+            // HEAD reads no body; the POST after it must read its whole answer again.
+            let (headHead, headBody) = try await client.send(OutboundRequest(method: "HEAD", url: base + "/v1/models"))
+            #expect(mocks[0].lastRequest?.method == "HEAD" && headBody.isEmpty && headHead.status > 0)
+            let (afterHead, afterHeadBody) = try await client.send(.post(base + "/v1/chat/completions", json: chatBody("x").bytes))
+            #expect(afterHead.status == 200 && mocks[0].lastRequest?.method == "POST")
+            #expect(try JSONParser.parse(afterHeadBody)["choices"] != nil, "the answer to a POST after a HEAD has its body")
+            // A method of its own, with and without a body, and plain GET and POST after it.
+            _ = try await client.send(OutboundRequest(method: "PUT", url: base + "/v1/chat/completions", body: chatBody("x").bytes))
+            #expect(mocks[0].lastRequest?.method == "PUT" && mocks[0].lastRequest?.body.isEmpty == false)
+            _ = try await client.send(OutboundRequest(method: "DELETE", url: base + "/v1/models"))
+            #expect(mocks[0].lastRequest?.method == "DELETE" && mocks[0].lastRequest?.body.isEmpty == true)
+            _ = try await client.send(OutboundRequest(url: base + "/v1/models"))
+            #expect(mocks[0].lastRequest?.method == "GET" && mocks[0].lastRequest?.body.isEmpty == true)
+            _ = try await client.send(.post(base + "/v1/chat/completions", json: chatBody("x").bytes))
+            #expect(mocks[0].lastRequest?.method == "POST")
+
+            // A total timeout is its transfer's alone: the next, without one, may take longer.
+            var quick = Timeouts()
+            quick.total = .milliseconds(150)
+            let (timed, _) = try await client.send(OutboundRequest(url: base + "/v1/models", timeouts: quick))
+            #expect(timed.status == 200)
+            mocks[0].enqueue(.delay(.milliseconds(400)))
+            let (slow, _) = try await client.send(OutboundRequest(url: base + "/v1/models"))
+            #expect(slow.status == 200, "no total timeout left over from the transfer before")
         }
     }
 

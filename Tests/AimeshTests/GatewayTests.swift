@@ -581,6 +581,41 @@ struct GatewayTests {
         }
     }
 
+    /// The chat paths are compared whole before the router's trie (`ExactPathResponder`): they must answer
+    /// exactly as the router did, middleware included, and every other spelling still goes to the router.
+    @Test func chatPaths_foundWhole_answerAsTheRouterDoes() async throws {
+        try await withMocks([.init(name: "a")]) { mocks in
+            let node = try await TestNode.start(yaml: """
+            providers:
+              only: { type: local, base_url: \(mocks[0].baseURL)/v1, models: [ { name: m } ] }
+            security:
+              auth: { enabled: true, api_keys: [ { key: "sk-exact-123", name: exact } ] }
+            """, name: "exactpaths")
+            defer { Task { await node.stop() } }
+            let key = [(name: "authorization", value: "Bearer sk-exact-123")]
+            // Found whole: the middleware (here the key check) still runs first.
+            #expect(try await node.post("/v1/chat/completions", chatBody("m")).status == 401)
+            #expect(try await node.post("/v1/chat/completions", chatBody("m"), headers: key).status == 200)
+            #expect(try await node.post("/chat/completions", chatBody("m"), headers: key).status == 200)
+            // Through the router: a query string, and a method the path does not take.
+            #expect(try await node.post("/v1/chat/completions?trace=1", chatBody("m")).status == 401)
+            #expect(try await node.post("/v1/chat/completions?trace=1", chatBody("m"), headers: key).status == 200)
+            let get = try await node.get("/v1/chat/completions", headers: key)
+            #expect(get.status == 404 && get.json["error"]?["message"] != nil, "\(get.status) \(get.text)")
+            #expect(mocks[0].requestCount == 3)
+        }
+        try await withMocks([.init(name: "b")]) { mocks in
+            let node = try await TestNode.start(yaml: """
+            providers:
+              only: { type: local, base_url: \(mocks[0].baseURL)/v1, models: [ { name: m } ] }
+            """, name: "exactoff", serverExtra: "endpoints: [ { path: /v1/chat/completions, enabled: false } ]")
+            defer { Task { await node.stop() } }
+            #expect(try await node.post("/v1/chat/completions", chatBody("m")).status == 404, "a disabled path is not found whole either")
+            #expect(try await node.post("/chat/completions", chatBody("m")).status == 404)
+            #expect(mocks[0].requestCount == 0)
+        }
+    }
+
     @Test func concurrentRequestsAgainstANearlySpentBudget_neverOverspend() async throws {
         try await withMocks([.init(name: "paid", latency: .milliseconds(30)), .init(name: "free")]) { mocks in
             let node = try await TestNode.start(yaml: """
