@@ -26,11 +26,40 @@ public struct JSONParser {
         /// The members; parsed with `keeping`, only those (the rest are checked, and have their ranges).
         public var object: JSONObject
         /// For each key, the range of its value's bytes (the last occurrence wins, as for lookups).
-        public var valueRanges: [String: Range<Int>]
+        public var valueRanges: MemberRanges
         /// Offset of the closing `}`.
         public var closingBrace: Int
         /// Offset just after the opening `{`.
         public var afterOpeningBrace: Int
+    }
+
+    /// Where each top-level member's value lies, in the order the members came. A dozen members at most in
+    /// a request or an answer: a list searched from the end costs less than a dictionary, which hashed
+    /// every member's name to record it and allocated its table (about 1,100 instructions a parse).
+    public struct MemberRanges: Sendable, Equatable, CustomStringConvertible {
+        var entries: [(key: String, range: Range<Int>)] = []
+
+        public init() {}
+
+        /// The range of `key`'s value; of its last occurrence when it appears more than once.
+        public subscript(key: String) -> Range<Int>? {
+            for entry in entries.reversed() where entry.key == key { return entry.range }
+            return nil
+        }
+
+        public var isEmpty: Bool { entries.isEmpty }
+
+        /// Each key with the range a lookup finds.
+        public var dictionary: [String: Range<Int>] {
+            var result: [String: Range<Int>] = [:]
+            for entry in entries { result[entry.key] = entry.range }
+            return result
+        }
+
+        mutating func record(_ key: String, _ range: Range<Int>) { entries.append((key, range)) }
+
+        public static func == (lhs: MemberRanges, rhs: MemberRanges) -> Bool { lhs.dictionary == rhs.dictionary }
+        public var description: String { dictionary.description }
     }
 
     public static func parse<Bytes: Collection<UInt8>>(_ bytes: Bytes, limits: Limits = Limits()) throws(JSONParseError) -> JSON {
@@ -134,7 +163,7 @@ private struct Cursor {
     let recordTopLevel: Bool
     /// Top-level members to build; the others are only checked (`skipValue`). Nil: all.
     var keeping: Set<String>?
-    var topLevelRanges: [String: Range<Int>] = [:]
+    var topLevelRanges = JSONParser.MemberRanges()
     /// Whether `topLevelRanges` is filled in (the top level's braces are found either way).
     let recordRanges: Bool
     var topLevelOpen = 0
@@ -146,10 +175,8 @@ private struct Cursor {
         self.limits = limits
         self.recordTopLevel = recordTopLevel
         self.recordRanges = recordTopLevel && recordRanges
-        // A request or an answer has a dozen top-level members at most: one allocation, no regrowth. Room for
-        // 12 is 16 buckets, under 1 KiB: glibc's malloc sweeps all its small free chunks together
-        // (`malloc_consolidate`) before every request of 1 KiB or more, and room for 16 was 1 KiB.
-        if self.recordRanges { topLevelRanges.reserveCapacity(12) }
+        // A request or an answer has a dozen top-level members at most: one allocation, no regrowth.
+        if self.recordRanges { topLevelRanges.entries.reserveCapacity(12) }
     }
 
     func error(at offset: Int, _ reason: String) -> JSONParseError {
@@ -256,12 +283,13 @@ private struct Cursor {
             index += 1
             skipWhitespace()
             let valueStart = index
-            if isTop, let keeping, !keeping.contains(key) {
+            // The kept names are few (one to a handful): compared in turn, not hashed.
+            if isTop, let keeping, !keeping.contains(where: { $0 == key }) {
                 try skipValue(depth: depth)
-                if recordRanges { topLevelRanges[key] = valueStart..<index }
+                if recordRanges { topLevelRanges.record(key, valueStart..<index) }
             } else {
                 let value = try parseValue(depth: depth)
-                if isTop && recordRanges { topLevelRanges[key] = valueStart..<index }
+                if isTop && recordRanges { topLevelRanges.record(key, valueStart..<index) }
                 members.append(JSONObject.Member(key: key, value: value))
             }
             skipWhitespace()

@@ -100,6 +100,15 @@ import Testing
         let sliced = try JSONParser.parseTopLevelObject(padded[2..<(padded.count - 2)], keeping: ["usage"])
         #expect(sliced.object == kept.object && sliced.valueRanges == full.valueRanges && sliced.closingBrace == full.closingBrace)
         #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(padded[0..<(padded.count - 2)]) }
+        // Each range is where the value's bytes are, and a member given twice is found at its last place.
+        let bytes = Array(good.utf8)
+        #expect(String(decoding: bytes[try #require(full.valueRanges["usage"])], as: UTF8.self) == #"{"prompt_tokens":3}"#)
+        #expect(String(decoding: bytes[try #require(full.valueRanges["n"])], as: UTF8.self) == "-1.5e3")
+        #expect(full.valueRanges["absent"] == nil && !full.valueRanges.isEmpty)
+        let twice = Array(#"{"a":1,"b":2,"a":[3]}"#.utf8)
+        let both = try JSONParser.parseTopLevelObject(twice, keeping: ["a"])
+        #expect(both.valueRanges["a"] == 17..<20 && both.object["a"] == .array([.number("3")]))
+        #expect(try JSONParser.parseTopLevelObject(Array("{}".utf8)).valueRanges.isEmpty)
         let unranged = try JSONParser.parseTopLevelObject(Array(good.utf8), keeping: ["usage"], recordingRanges: false)
         #expect(unranged.valueRanges.isEmpty && unranged.object == kept.object && unranged.closingBrace == full.closingBrace)
         let bad = [
