@@ -240,6 +240,17 @@ import Glibc
             #expect(client.pauses > 0, "the reader fell behind at least once, so the pause path was taken")
             #expect(echoed.count == words.count)
             #expect(echoed == words, "every word once, in order")
+            // The handle goes back for reuse: whatever pausing left in it must not reach the next transfers.
+            for _ in 0..<3 {
+                let (head, answer) = try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes))
+                let choices = try JSONParser.parse(answer)["choices"]
+                #expect(head.status == 200 && choices != nil)
+                let again = try await client.start(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x", stream: true).bytes))
+                var events = 0
+                var parser = SSEParser()
+                while let chunk = try await again.next() { events += try parser.feed(chunk).count }
+                #expect(events > 1)
+            }
         }
     }
 
@@ -280,6 +291,11 @@ import Glibc
             }
             // Far less than the 30 s the server would take (generous for a busy 2-core machine).
             #expect(ContinuousClock.now - started < .seconds(10))
+            // The next transfer, on the reused handle, has no first-byte limit of its own and waits longer.
+            mocks[0].enqueue(.delay(.milliseconds(400)))
+            let (head, _) = try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes,
+                                                        timeouts: Timeouts(firstByte: nil)))
+            #expect(head.status == 200)
         }
     }
 
@@ -329,6 +345,12 @@ import Glibc
                 _ = try await task.value
             } throws: { error in
                 (error as? TransferError)?.kind == .cancelled
+            }
+            // The cancelled transfer's handle is kept for reuse; the next transfers run whole on it.
+            for _ in 0..<3 {
+                let (head, answer) = try await client.send(.post(mocks[0].baseURL + "/v1/chat/completions", json: chatBody("x").bytes))
+                let choices = try JSONParser.parse(answer)["choices"]
+                #expect(head.status == 200 && choices != nil)
             }
         }
     }
