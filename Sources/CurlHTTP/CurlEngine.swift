@@ -407,8 +407,10 @@ final class CurlEngine: @unchecked Sendable {
             }
             if spareHandles.count < Self.spareLimit, !closed {
                 // Kept with its options: the next transfer sets every one that differs (`configure`). The
-                // pointers into this transfer are cleared, so none outlives it.
+                // pointers into this transfer (its buffers, its body, its header list) are cleared, so none
+                // outlives it.
                 _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, nil)
+                _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_POSTFIELDS, nil)
                 _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_PRIVATE, nil)
                 _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_WRITEDATA, nil)
                 _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_HEADERDATA, nil)

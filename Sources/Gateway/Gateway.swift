@@ -158,14 +158,17 @@ public final class Gateway: Sendable {
     /// What a node serves: the router with every endpoint, the chat completions paths compared whole first
     /// (see `ExactPathResponder`).
     public func buildResponder() -> ExactPathResponder<GatewayContext> {
-        let router = buildRouter()
-        guard !configuration.server.disabledPaths.contains("/v1/chat/completions") else {
-            return ExactPathResponder(router: router, exact: [])
-        }
-        let chat: @Sendable (Request, GatewayContext) async throws -> Response = { request, context in
-            await self.chatCompletions(request, context: context)
-        }
-        return ExactPathResponder(router: router, exact: [(.post, "/v1/chat/completions", chat), (.post, "/chat/completions", chat)])
+        ExactPathResponder(router: buildRouter(), exact: chatPaths.map { (.post, $0, chatHandler) })
+    }
+
+    /// Where chat completions are served (none when `/v1/chat/completions` is disabled): the router has
+    /// them, and `buildResponder` compares them whole first.
+    private var chatPaths: [String] {
+        configuration.server.disabledPaths.contains("/v1/chat/completions") ? [] : ["/v1/chat/completions", "/chat/completions"]
+    }
+
+    private var chatHandler: @Sendable (Request, GatewayContext) async throws -> Response {
+        { request, context in await self.chatCompletions(request, context: context) }
     }
 
     /// The Hummingbird router with every endpoint.
@@ -186,10 +189,7 @@ public final class Gateway: Sendable {
         let disabled = configuration.server.disabledPaths
         func enabled(_ path: String) -> Bool { !disabled.contains(path) }
 
-        if enabled("/v1/chat/completions") {
-            router.post("/v1/chat/completions") { request, context in await self.chatCompletions(request, context: context) }
-            router.post("/chat/completions") { request, context in await self.chatCompletions(request, context: context) }
-        }
+        for path in chatPaths { router.post(RouterPath(path), use: chatHandler) }
         if enabled("/v1/embeddings") {
             router.post("/v1/embeddings") { request, context in await self.embeddings(request, context: context) }
         }

@@ -65,11 +65,10 @@ struct FloorServerCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "floor")
         logger.logLevel = .warning
-        let responder = router.buildResponder()
-        // The node's channel takes the node's responder type; with no exact paths every request walks the router.
-        let lean = ExactPathResponder(router: router, exact: [])
+        // The node's responder type, with no exact paths: every request walks the router.
+        let responder = ExactPathResponder(router: router, exact: [])
         let server: HTTPServerBuilder = stack == .hummingbird ? .http1()
-            : HTTPServerBuilder { _ in LeanHTTP1Channel(responder: lean, configuration: .init(maxBodyBytes: 1 << 20, serverName: "floor")) }
+            : HTTPServerBuilder { _ in LeanHTTP1Channel(responder: responder, configuration: .init(maxBodyBytes: 1 << 20, serverName: "floor")) }
         let app = Application(responder: responder, server: server, configuration: .init(address: .hostname(address.host, port: address.port), serverName: "floor"), logger: logger)
         print("floor server (\(stack.rawValue)) on \(address)")
         try await app.runService()
