@@ -164,6 +164,28 @@ import Glibc
         }
     }
 
+    /// Transfers hand curl their URL parsed once per URL: each one still goes to its own server, path and
+    /// query, on handles reused between URLs, and a URL curl cannot parse fails as an error of its own.
+    @Test func eachTransfer_goesWhereItsURLSays() async throws {
+        try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
+            let targets = [(0, "/v1/chat/completions"), (1, "/v1/chat/completions"), (0, "/v1/models"), (1, "/v1/models?limit=2"),
+                           (0, "/v1/chat/completions"), (1, "/v1/chat/completions")]
+            for (index, path) in targets {
+                let (head, _) = try await client.send(path.contains("chat")
+                    ? .post(mocks[index].baseURL + path, json: chatBody("x").bytes)
+                    : OutboundRequest(url: mocks[index].baseURL + path))
+                #expect(head.status == 200)
+                #expect(mocks[index].lastRequest?.path == path, "\(path) went to mock \(index)")
+            }
+            #expect(mocks[0].requestCount == 3 && mocks[1].requestCount == 3)
+            for bad in ["http://[::1/v1/models", "http://127.0.0.1:99999/v1/models", "notascheme://x/y"] {
+                await #expect(throws: TransferError.self, "\(bad)") { _ = try await client.send(OutboundRequest(url: bad)) }
+            }
+            let (after, _) = try await client.send(OutboundRequest(url: mocks[1].baseURL + "/v1/models"))
+            #expect(after.status == 200 && mocks[1].lastRequest?.path == "/v1/models")
+        }
+    }
+
     @Test func send_refusesABodyOverItsLimit_andCutsTheStreamWithAnError() async throws {
         try await withMocks([.init(name: "m")]) { mocks in
             let url = mocks[0].baseURL + "/v1/chat/completions"
