@@ -21,6 +21,7 @@ public final class CurlClient: Sendable {
         public var maxCachedConnections: Int = 256
         /// Pause a transfer when this many body bytes wait unread.
         public var pauseAboveBufferedBytes: Int = 1 << 20
+        /// Sent to TLS (https) endpoints only.
         public var userAgent: String = "aimesh"
         public init() {}
     }

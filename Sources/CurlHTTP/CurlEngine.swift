@@ -264,7 +264,6 @@ final class CurlEngine: @unchecked Sendable {
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TCP_NODELAY, 1)
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TCP_KEEPALIVE, 1)
         _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_NOPROXY, noProxy)
-        _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_USERAGENT, configuration.userAgent)
         _ = aimesh_curl_easy_setopt_data_callback(easy, CURLOPT_WRITEFUNCTION, curlWriteCallback)
         _ = aimesh_curl_easy_setopt_data_callback(easy, CURLOPT_HEADERFUNCTION, curlHeaderCallback)
     }
@@ -286,7 +285,12 @@ final class CurlEngine: @unchecked Sendable {
         _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_CURLU, parsed(request.url).map { UnsafeMutableRawPointer($0) })
         // Over TLS, wait for a connection that can multiplex (HTTP/2) rather than open another. Cleartext
         // HTTP/1.1 never multiplexes, and waiting there queued a burst of streams behind each other.
-        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_PIPEWAIT, request.url.hasPrefix("https://") ? 1 : 0)
+        let tls = request.url.hasPrefix("https://")
+        _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_PIPEWAIT, tls ? 1 : 0)
+        // "User-Agent: aimesh" goes to TLS endpoints (the cloud providers, whose logs and firewalls look at
+        // it), not over cleartext (model servers and peers on the machine or the LAN): curl formats a
+        // request head a byte at a time, about 4,000 instructions for that line (callgrind).
+        _ = aimesh_curl_easy_setopt_string(easy, CURLOPT_USERAGENT, tls ? configuration.userAgent : nil)
         _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, transfer.errorBuffer)
         _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_PRIVATE, userdata)
         _ = aimesh_curl_easy_setopt_pointer(easy, CURLOPT_WRITEDATA, userdata)

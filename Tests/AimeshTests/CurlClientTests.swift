@@ -21,6 +21,9 @@ import Glibc
             }
             #expect(mocks[0].connectionCount == 1)
             #expect(mocks[0].lastRequest?.header("expect") == nil)
+            // Cleartext hops go without a User-Agent (only TLS endpoints get one).
+            #expect(mocks[0].lastRequest?.header("user-agent") == nil)
+            #expect(mocks[0].lastRequest?.header("content-type") == "application/json")
         }
     }
 
