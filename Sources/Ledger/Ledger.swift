@@ -244,17 +244,38 @@ public final class Ledger: Sendable {
         #endif
     }
 
+    /// Rows one INSERT statement carries at most. A statement's own work (opening the table's and the three
+    /// indexes' cursors, closing them, resetting) is paid once for all its rows: a row in a statement of 16
+    /// costs about a fifth less than a row on its own (callgrind).
+    static let rowsPerInsert = 16
+
+    /// `INSERT INTO requests (...) VALUES (...), (...)` for `rows` rows.
+    static func insertSQL(rows: Int) -> String {
+        let tuple = "(" + Array(repeating: "?", count: columnCount).joined(separator: ", ") + ")"
+        return """
+            INSERT INTO requests (seq, request_id, ts_ms, api_key, model, route, provider, node, from_node, prompt_tokens,
+            completion_tokens, tokens_estimated, cost, latency_ms, status, outcome, attempts, attempts_json, stream, error, metadata, endpoint)
+            VALUES \(Array(repeating: tuple, count: rows).joined(separator: ", "))
+            """
+    }
+
+    /// Columns of a ledger row (`bind` writes them in the order of `insertSQL`).
+    static let columnCount = 22
+
     private func writerLoop(_ database: SQLiteDatabase) {
-        let insert: SQLiteDatabase.Statement
+        // Statements for 1 ... rowsPerInsert rows, each prepared when a batch first needs it.
+        var inserts: [SQLiteDatabase.Statement?] = Array(repeating: nil, count: Ledger.rowsPerInsert + 1)
         do {
-            insert = try database.prepare("""
-                INSERT INTO requests (seq, request_id, ts_ms, api_key, model, route, provider, node, from_node, prompt_tokens,
-                completion_tokens, tokens_estimated, cost, latency_ms, status, outcome, attempts, attempts_json, stream, error, metadata, endpoint)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """)
+            inserts[1] = try database.prepare(Ledger.insertSQL(rows: 1))
         } catch {
             logger.critical("ledger cannot prepare its insert", metadata: ["error": "\(error)"])
             return
+        }
+        let insert = { (rows: Int) throws(SQLiteError) -> SQLiteDatabase.Statement in
+            if let statement = inserts[rows] { return statement }
+            let statement = try database.prepare(Ledger.insertSQL(rows: rows))
+            inserts[rows] = statement
+            return statement
         }
         let intervalMicros = max(1000, Int(flushInterval.components.seconds * 1_000_000 + flushInterval.components.attoseconds / 1_000_000_000_000))
         var row = RowBinder()
@@ -297,13 +318,17 @@ public final class Ledger: Sendable {
         database.close()
     }
 
-    private func write(_ batch: [(sequence: UInt64, entry: LedgerEntry)], with insert: SQLiteDatabase.Statement, database: SQLiteDatabase,
-                       row: inout RowBinder) {
+    private func write(_ batch: [(sequence: UInt64, entry: LedgerEntry)], with insert: (Int) throws(SQLiteError) -> SQLiteDatabase.Statement,
+                       database: SQLiteDatabase, row: inout RowBinder) {
         do {
             try database.execute("BEGIN IMMEDIATE")
-            for (sequence, entry) in batch {
-                Ledger.bind(&row, sequence: sequence, entry: entry)
-                try insert.run(row)
+            var start = batch.startIndex
+            while start < batch.endIndex {
+                let end = min(start + Ledger.rowsPerInsert, batch.endIndex)
+                row.reset()
+                for index in start..<end { Ledger.bind(&row, sequence: batch[index].sequence, entry: batch[index].entry) }
+                try insert(end - start).run(row)
+                start = end
             }
             try database.execute("COMMIT")
             let last = batch.last!.sequence
@@ -324,9 +349,8 @@ public final class Ledger: Sendable {
         }
     }
 
-    /// An entry as the insert's 22 columns, in their order.
+    /// Appends an entry as the insert's 22 columns, in their order, after the rows `row` already has.
     static func bind(_ row: inout RowBinder, sequence: UInt64, entry: LedgerEntry) {
-        row.reset()
         row.integer(Int64(sequence))
         row.text(entry.requestID)
         row.integer(entry.timestampMillis)
