@@ -137,6 +137,50 @@ import Testing
         #expect(throws: Never.self) { try JSONParser.parseTopLevelObject(Array(long.utf8), limits: .init(maxStringBytes: 3), keeping: []) }
     }
 
+    /// Strings are scanned eight bytes at a time: a quote, backslash escape, control character, multi-byte
+    /// or invalid UTF-8 at every offset of strings 0–40 bytes long reads as the byte-by-byte scan read it,
+    /// through the path that builds the string and the one that skips it (with its decoded length checked
+    /// against the limit).
+    @Test func strings_eachSpecialByte_atEveryOffsetOfAWord() throws {
+        let pieces: [(raw: [UInt8], decoded: [UInt8]?)] = [
+            (Array(#"\""#.utf8), Array("\"".utf8)), (Array(#"\\"#.utf8), Array("\\".utf8)), (Array(#"\n"#.utf8), [0x0A]),
+            (Array(#"\u00e9"#.utf8), [0xC3, 0xA9]), ([0xC3, 0xA9], [0xC3, 0xA9]), ([0xF0, 0x9F, 0x98, 0x80], [0xF0, 0x9F, 0x98, 0x80]),
+            ([0x01], nil), ([0x1F], nil), ([0x80], nil), ([0xE2, 0x82], nil), ([0x20], [0x20]), ([0x7F], [0x7F]),
+        ]
+        for length in 0...40 {
+            for offset in 0...length {
+                for piece in pieces {
+                    let before = Array(repeating: UInt8(ascii: "a"), count: offset)
+                    let after = Array(repeating: UInt8(ascii: "b"), count: length - offset)
+                    let body = Array(#"{"s":""#.utf8) + before + piece.raw + after + Array(#"","n":1}"#.utf8)
+                    let label = "length \(length), offset \(offset), \(piece.raw)"
+                    if let decoded = piece.decoded {
+                        let want = String(decoding: before + decoded + after, as: UTF8.self)
+                        let built = try JSONParser.parseTopLevelObject(body)
+                        #expect(built.object["s"] == .string(want), "\(label)")
+                        #expect(built.object["n"] == .number("1"), "\(label)")
+                        let skipped = try JSONParser.parseTopLevelObject(body, keeping: ["n"])
+                        #expect(skipped.valueRanges == built.valueRanges && skipped.object["n"] == .number("1"), "\(label)")
+                        let count = want.utf8.count
+                        #expect(throws: Never.self, "\(label)") { try JSONParser.parseTopLevelObject(body, limits: .init(maxStringBytes: count), keeping: ["n"]) }
+                        #expect(throws: JSONParseError.self, "\(label)") {
+                            try JSONParser.parseTopLevelObject(body, limits: .init(maxStringBytes: count - 1), keeping: ["n"])
+                        }
+                    } else {
+                        #expect(throws: JSONParseError.self, "\(label)") { try JSONParser.parseTopLevelObject(body) }
+                        #expect(throws: JSONParseError.self, "\(label)") { try JSONParser.parseTopLevelObject(body, keeping: ["n"]) }
+                    }
+                }
+            }
+        }
+        // An unterminated string whose last bytes fill whole words.
+        for length in 0...17 {
+            let body = Array(#"{"s":""#.utf8) + Array(repeating: UInt8(ascii: "a"), count: length)
+            #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(body) }
+            #expect(throws: JSONParseError.self) { try JSONParser.parseTopLevelObject(body, keeping: []) }
+        }
+    }
+
     /// RFC 4648 §10's vectors, padded and not, in both alphabets, across line breaks; a lone sixth
     /// character or one outside both alphabets is refused.
     @Test func base64_decodesTheRFCVectors() {
