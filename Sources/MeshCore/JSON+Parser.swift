@@ -490,9 +490,6 @@ private struct Cursor {
         }
     }
 
-    /// Moves past a string, checking its escapes, control characters, UTF-8 and decoded length; returns that
-    /// length (UTF-8 bytes once decoded).
-    @discardableResult
     /// Moves `index` past the string bytes that need no look of their own, eight at a time: none a quote, a
     /// backslash or a control character (`highBytes` is set when one of them is 0x80 or above). Stops at
     /// the first word holding one of those, or fewer than eight bytes before the end; the byte loops that
@@ -517,6 +514,9 @@ private struct Cursor {
         if high & highs != 0 { highBytes = true }
     }
 
+    /// Moves past a string, checking its escapes, control characters, UTF-8 and decoded length; returns that
+    /// length (UTF-8 bytes once decoded).
+    @discardableResult
     mutating func skipString() throws(JSONParseError) -> Int {
         let open = index
         index += 1  // "

@@ -13,8 +13,25 @@ struct LedgerTests {
         let directory = temporaryDirectory("ledger")
         let path = directory + "/ledger.sqlite"
         let ledger = try Ledger(path: path, flushInterval: .milliseconds(5), maxBatch: 7)
+        let entries = LedgerTests.entries(40)
+        for (index, entry) in entries.enumerated() {
+            ledger.record(entry)
+            if index == 19 { await ledger.flush() }  // two separate runs of batches
+        }
+        await ledger.flush()
+        ledger.close()
+        let read = try LedgerReader(path: path).recent(limit: 100)
+        #expect(read.count == entries.count)
+        for (got, want) in zip(read.reversed(), entries) {
+            #expect(got == want, "\(want.requestID)")
+        }
+    }
+
+    /// Rows of every shape: optional fields set and not, quotes, backslashes and non-ASCII text, and a long
+    /// row every ninth.
+    static func entries(_ count: Int) -> [LedgerEntry] {
         var entries: [LedgerEntry] = []
-        for index in 0..<40 {
+        for index in 0..<count {
             let long = index % 9 == 4
             entries.append(LedgerEntry(
                 requestID: "req_\(index)", timestampMillis: 1_764_000_000_000 + Int64(index), apiKey: index.isMultiple(of: 3) ? nil : "key-\(index)",
@@ -27,11 +44,19 @@ struct LedgerTests {
                 error: index.isMultiple(of: 6) ? "upstream said \"no\" — 502" : nil, metadata: long ? #"{"k":"\#(String(repeating: "v", count: 2000))"}"# : nil,
                 endpoint: index.isMultiple(of: 8) ? "embeddings" : "chat"))
         }
-        for (index, entry) in entries.enumerated() {
-            ledger.record(entry)
-            if index == 19 { await ledger.flush() }  // two separate runs of batches
-        }
+        return entries
+    }
+
+    /// A batch larger than one INSERT carries (16 rows): written as statements of 16, 16 and 8 rows, every
+    /// field of every row still where it belongs. A one-second flush interval and no early wake-up keep the
+    /// 40 rows queued until `flush` sends them in one batch.
+    @Test func oneBatchOfSeveralStatements_readsBackAsRecorded() async throws {
+        let path = temporaryDirectory("ledger-batch") + "/ledger.sqlite"
+        let ledger = try Ledger(path: path, flushInterval: .seconds(1), maxBatch: 1000)
+        let entries = LedgerTests.entries(40)
+        for entry in entries { ledger.record(entry) }
         await ledger.flush()
+        #expect(ledger.committedSequence == 40)
         ledger.close()
         let read = try LedgerReader(path: path).recent(limit: 100)
         #expect(read.count == entries.count)
