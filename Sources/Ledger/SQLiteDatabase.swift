@@ -160,6 +160,9 @@ public final class SQLiteDatabase: @unchecked Sendable {
             }
         }
 
+        /// Makes the statement ready to run again (after a failure, it stays active until then).
+        public func reset() { sqlite3_reset(statement) }
+
         /// Advances; true when a row is available.
         public func step() throws(SQLiteError) -> Bool {
             let status = sqlite3_step(statement)

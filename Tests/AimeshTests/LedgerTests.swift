@@ -64,4 +64,36 @@ struct LedgerTests {
             #expect(got == want, "\(want.requestID)")
         }
     }
+
+    /// A batch that cannot commit is rolled back and tried again until it can, and nothing is lost: a trigger
+    /// added by another connection refuses one row, so the whole batch fails; once the trigger is gone, the
+    /// next try writes every row, and later batches go through the same prepared BEGIN and COMMIT. It fails
+    /// if a failed batch leaves its transaction open (every later BEGIN would then fail) or drops its rows.
+    @Test func aBatchThatFails_isRolledBackAndWrittenWhenItCan() async throws {
+        let path = temporaryDirectory("ledger-retry") + "/ledger.sqlite"
+        let ledger = try Ledger(path: path, flushInterval: .milliseconds(5), maxBatch: 1000)
+        let other = try SQLiteDatabase(path: path)
+        try other.execute("CREATE TRIGGER refuse BEFORE INSERT ON requests WHEN NEW.model = 'refused' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+        var entries = LedgerTests.entries(6)
+        entries[2].model = "refused"
+        for entry in entries { ledger.record(entry) }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ledger.failedWrites < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(ledger.failedWrites >= 2, "the batch was never refused")
+        #expect(ledger.committedSequence == 0)
+        try other.execute("DROP TRIGGER refuse")
+        other.close()
+        await ledger.flush()
+        #expect(ledger.committedSequence == 6)
+        let later = LedgerTests.entries(9).suffix(3)
+        for entry in later { ledger.record(entry) }
+        await ledger.flush()
+        #expect(ledger.committedSequence == 9)
+        ledger.close()
+        let read = try LedgerReader(path: path).recent(limit: 100)
+        #expect(read.count == 9)
+        for (got, want) in zip(read.reversed(), entries + later) {
+            #expect(got == want, "\(want.requestID)")
+        }
+    }
 }
