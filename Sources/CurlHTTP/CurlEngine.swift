@@ -53,6 +53,14 @@ final class CurlEngine: @unchecked Sendable {
     /// transfer's first-byte deadline, a fresh head's idle deadline): what a submitter compares with
     /// `sleepingUntil` instead of walking every transfer.
     @exclusivity(unchecked) private var newDeadline: ContinuousClock.Instant?
+    /// No transfer's first-byte or idle deadline comes before this (the earliest the last walk over them found,
+    /// or one noted since): until then `nextWake` does not walk every transfer. Activity only moves a
+    /// deadline later; every deadline that can come earlier (a new transfer's, a head's, an unpaused stream's)
+    /// is noted (`noteDeadline`).
+    @exclusivity(unchecked) private var checkDeadlinesAt: ContinuousClock.Instant?
+    /// When the engine's current pass over curl began: what the write and header callbacks record as a
+    /// transfer's last activity, one clock read a pass rather than one per header line and chunk.
+    @exclusivity(unchecked) var passStart: ContinuousClock.Instant = .now
     @exclusivity(unchecked) private var closed = false
 
     init(configuration: CurlClient.Configuration) {
@@ -75,7 +83,9 @@ final class CurlEngine: @unchecked Sendable {
         _ = aimesh_curl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, me)
         _ = aimesh_curl_multi_setopt_timer_callback(multi) { _, milliseconds, client in
             let engine = Unmanaged<CurlEngine>.fromOpaque(client!).takeUnretainedValue()
-            engine.timerDeadline = milliseconds < 0 ? nil : .now + .milliseconds(milliseconds)
+            // From the start of the engine's pass (curl calls this only inside one): a 0 ms timer is due in
+            // that same pass, and a later one may fire a little early, which curl takes in its stride.
+            engine.timerDeadline = milliseconds < 0 ? nil : engine.passStart + .milliseconds(milliseconds)
             return 0
         }
         _ = aimesh_curl_multi_setopt_pointer(multi, CURLMOPT_TIMERDATA, me)
@@ -115,8 +125,10 @@ final class CurlEngine: @unchecked Sendable {
                 failQueued()
             } else {
                 service(ready: 0, fds: nil, flags: nil)
-                let next = [timerDeadline, newDeadline].compactMap { $0 }.min() ?? sleepingUntil
+                let noted = newDeadline
                 newDeadline = nil
+                if let noted { checkDeadlinesAt = min(checkDeadlinesAt ?? noted, noted) }
+                let next = [timerDeadline, noted].compactMap { $0 }.min() ?? sleepingUntil
                 if next < sleepingUntil {
                     sleepingUntil = next
                     aimesh_eventfd_signal(wakeFD)
@@ -180,6 +192,7 @@ final class CurlEngine: @unchecked Sendable {
     /// Carries out queued commands, the sockets epoll reported, and curl's due timer; hands finished
     /// transfers back to their callers.
     private func service(ready: Int, fds: UnsafeMutablePointer<Int32>?, flags: UnsafeMutablePointer<Int32>?) {
+        passStart = .now
         let batch = commands.withLock { state -> [Command] in
             defer { state.queue.removeAll(keepingCapacity: true) }
             return state.queue
@@ -197,7 +210,7 @@ final class CurlEngine: @unchecked Sendable {
         }
         // curl asks for a 0 ms timer when it has work to do right away (a handle just added, an unpause).
         var rounds = 0
-        while let deadline = timerDeadline, deadline <= .now, rounds < 16 {
+        while let deadline = timerDeadline, deadline <= passStart, rounds < 16 {
             timerDeadline = nil
             curl_multi_socket_action(multi, aimesh_curl_socket_timeout(), 0, &running)
             rounds += 1
@@ -254,6 +267,9 @@ final class CurlEngine: @unchecked Sendable {
             complete(transfer, error: transfer.cancellationError(phase: transfer.headSeen ? .duringBody : .beforeResponse))
         case .unpause(let transfer):
             guard let easy = transfer.easy, active[easy] != nil else { return }
+            // The pause was the reader's doing: the idle clock starts again now.
+            transfer.lastActivity = passStart
+            if let idle = transfer.request.timeouts.idle { noteDeadline(passStart + idle) }
             curl_easy_pause(easy, aimesh_curlpause_cont())
         }
     }
@@ -298,7 +314,7 @@ final class CurlEngine: @unchecked Sendable {
         // 0: curl's defaults (300 s to connect, no limit on the whole transfer).
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_CONNECTTIMEOUT_MS, request.timeouts.connect.map { max(1, Int($0.milliseconds)) } ?? 0)
         _ = aimesh_curl_easy_setopt_long(easy, CURLOPT_TIMEOUT_MS, request.timeouts.total.map { max(1, Int($0.milliseconds)) } ?? 0)
-        let now = ContinuousClock.now
+        let now = passStart
         transfer.lastActivity = now
         if let firstByte = request.timeouts.firstByte {
             transfer.firstByteDeadline = now + firstByte
@@ -393,33 +409,43 @@ final class CurlEngine: @unchecked Sendable {
     }
 
     /// Fails transfers past their first-byte or idle deadline; returns when the engine must next look:
-    /// curl's timer, the nearest deadline, or a second from now at the latest. Walks every transfer, so
-    /// only the engine thread calls it; submitters use `newDeadline`.
+    /// curl's timer, the nearest deadline, or a second from now at the latest. Walks the transfers only once
+    /// the earliest deadline known (`checkDeadlinesAt`) has come, so a wake-up costs the same with a thousand
+    /// streams open as with one; only the engine thread calls it, submitters use `newDeadline`.
     private func nextWake() -> ContinuousClock.Instant {
         let now = ContinuousClock.now
+        if let noted = newDeadline { checkDeadlinesAt = min(checkDeadlinesAt ?? noted, noted) }
         newDeadline = nil
         var wake = now + .seconds(1)
         if let timerDeadline { wake = min(wake, timerDeadline) }
+        if let check = checkDeadlinesAt, check > now { return min(wake, check) }
+        checkDeadlinesAt = nil
         guard !active.isEmpty else { return wake }
-        for transfer in Array(active.values) {
+        var late: [(Transfer, TransferError)] = []
+        var earliest: ContinuousClock.Instant?
+        for transfer in active.values {
             if !transfer.headSeen, let deadline = transfer.firstByteDeadline {
                 if now >= deadline {
-                    complete(transfer, error: TransferError(kind: .firstByteTimeout, phase: .beforeResponse, message: "no response within \(Self.format(transfer.request.timeouts.firstByte!))"))
+                    late.append((transfer, TransferError(kind: .firstByteTimeout, phase: .beforeResponse, message: "no response within \(Self.format(transfer.request.timeouts.firstByte!))")))
                     continue
                 }
-                wake = min(wake, deadline)
+                earliest = min(earliest ?? deadline, deadline)
             }
             if transfer.headSeen, let idle = transfer.request.timeouts.idle {
                 let paused = transfer.state.withLock { $0.paused }
                 if paused { continue }
                 let deadline = transfer.lastActivity + idle
                 if now >= deadline {
-                    complete(transfer, error: TransferError(kind: .idleTimeout, phase: .duringBody, message: "the response stalled for \(Self.format(idle))"))
+                    late.append((transfer, TransferError(kind: .idleTimeout, phase: .duringBody, message: "the response stalled for \(Self.format(idle))")))
                     continue
                 }
-                wake = min(wake, deadline)
+                earliest = min(earliest ?? deadline, deadline)
             }
         }
+        for (transfer, error) in late { complete(transfer, error: error) }
+        // With no deadline left, nothing needs a walk until one is noted.
+        checkDeadlinesAt = earliest ?? now + .seconds(3600)
+        if let earliest { wake = min(wake, earliest) }
         return wake
     }
 
@@ -547,7 +573,7 @@ private func curlWriteCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size: 
     let length = size * count
     guard let userdata else { return 0 }
     let transfer = Unmanaged<Transfer>.fromOpaque(userdata).takeUnretainedValue()
-    transfer.lastActivity = .now
+    transfer.lastActivity = transfer.engine.passStart
     if length == 0 { return 0 }
     let bytes = [UInt8](UnsafeRawBufferPointer(start: pointer, count: length))
     return transfer.deliver(bytes) ? length : aimesh_curl_writefunc_pause()
@@ -557,7 +583,7 @@ private func curlHeaderCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size:
     let length = size * count
     guard let userdata, let pointer else { return 0 }
     let transfer = Unmanaged<Transfer>.fromOpaque(userdata).takeUnretainedValue()
-    transfer.lastActivity = .now
+    transfer.lastActivity = transfer.engine.passStart
     // Read as bytes: a String per line (and a split of the status line) cost a dozen allocations a response.
     let line = UnsafeRawBufferPointer(start: pointer, count: length).bindMemory(to: UInt8.self)
     func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0D || byte == 0x0A }
@@ -579,7 +605,7 @@ private func curlHeaderCallback(_ pointer: UnsafeMutablePointer<CChar>?, _ size:
     } else if line.allSatisfy(isSpace) {
         if transfer.status >= 200 && !transfer.headSeen {
             transfer.headSeen = true
-            if let idle = transfer.request.timeouts.idle { transfer.engine.noteDeadline(.now + idle) }
+            if let idle = transfer.request.timeouts.idle { transfer.engine.noteDeadline(transfer.engine.passStart + idle) }
             transfer.deliverHead()
         }
     } else if let colon = line.firstIndex(of: UInt8(ascii: ":")) {

@@ -324,6 +324,40 @@ import Glibc
         }
     }
 
+    /// The engine walks its transfers only when the earliest deadline it knows of comes: a short first-byte
+    /// limit and a short idle limit still fire on time while a transfer waits for a first byte 30 s away and
+    /// a stream sits under a 30 s idle limit. Fails if a deadline noted when a transfer starts is lost (the
+    /// walk would then wait for the far ones).
+    @Test func shortDeadlines_fireOnTime_whileFarOnesAreOpen() async throws {
+        try await withMocks([.init(name: "m")]) { mocks in
+            let url = mocks[0].baseURL + "/v1/chat/completions"
+            mocks[0].enqueue(.delay(.seconds(30)))
+            let slow = Task { try await client.send(.post(url, json: chatBody("x").bytes, timeouts: Timeouts(firstByte: .seconds(30)))) }
+            while mocks[0].requestCount < 1 { await Task.yield() }
+            mocks[0].enqueue(.stall)
+            let open = try await client.start(.post(url, json: chatBody("x", stream: true).bytes, timeouts: Timeouts(idle: .seconds(30))))
+
+            let started = ContinuousClock.now
+            mocks[0].enqueue(.delay(.seconds(30)))
+            await #expect {
+                try await client.send(.post(url, json: chatBody("x").bytes, timeouts: Timeouts(firstByte: .milliseconds(200))))
+            } throws: { error in
+                (error as? TransferError)?.kind == .firstByteTimeout
+            }
+            mocks[0].enqueue(.stall)
+            let stalled = try await client.start(.post(url, json: chatBody("x", stream: true).bytes, timeouts: Timeouts(idle: .milliseconds(200))))
+            await #expect {
+                while try await stalled.next() != nil {}
+            } throws: { error in
+                (error as? TransferError)?.kind == .idleTimeout
+            }
+            // Far less than the 30 s of the open ones (generous for a busy 2-core machine).
+            #expect(ContinuousClock.now - started < .seconds(10))
+            slow.cancel()
+            open.cancel()
+        }
+    }
+
     @Test func connectionReset_isReportedBeforeResponse() async throws {
         try await withMocks([.init(name: "m")]) { mocks in
             mocks[0].enqueue(.reset)
