@@ -60,7 +60,7 @@ final class CurlEngine: @unchecked Sendable {
     @exclusivity(unchecked) private var checkDeadlinesAt: ContinuousClock.Instant?
     /// When the engine's current pass over curl began: what the write and header callbacks record as a
     /// transfer's last activity, one clock read a pass rather than one per header line and chunk.
-    @exclusivity(unchecked) var passStart: ContinuousClock.Instant = .now
+    @exclusivity(unchecked) private(set) var passStart: ContinuousClock.Instant = .now
     @exclusivity(unchecked) private var closed = false
 
     init(configuration: CurlClient.Configuration) {
