@@ -361,7 +361,7 @@ public final class Ledger: Sendable {
     }
 
     /// Appends an entry as the insert's 22 columns, in their order, after the rows `row` already has.
-    static func bind(_ row: inout RowBinder, sequence: UInt64, entry: LedgerEntry) {
+    static func bind(_ row: inout RowBinder, sequence: UInt64, entry: borrowing LedgerEntry) {
         row.integer(Int64(sequence))
         row.text(entry.requestID)
         row.integer(entry.timestampMillis)
