@@ -218,7 +218,7 @@ extension Gateway {
         guard let ledger else { return ["enabled": false] }
         let budgetStatus = budget.status(nowMillis: wallClockMillis())
         return ["enabled": true, "path": .string(ledger.path), "committed_sequence": .int(Int(ledger.committedSequence)),
-                "pending_rows": .int(ledger.pendingCount),
+                "pending_rows": .int(ledger.pendingCount), "failed_writes": .int(ledger.failedWrites),
                 "budget": ["day_spend": .double(budgetStatus.daySpend), "month_spend": .double(budgetStatus.monthSpend),
                            "percent_used": .double(budgetStatus.percentUsed), "paid_allowed": .bool(budgetStatus.paidAllowed)]]
     }

@@ -331,6 +331,7 @@ public final class Gateway: Sendable {
         if let ledger {
             metrics.gauge("aimesh_ledger_pending_rows").record(ledger.pendingCount)
             metrics.gauge("aimesh_ledger_committed_sequence").record(Int(ledger.committedSequence))
+            metrics.gauge("aimesh_ledger_failed_writes").record(ledger.failedWrites)
         }
         let now = ContinuousClock.now
         for snapshot in board.snapshot(now: now) {

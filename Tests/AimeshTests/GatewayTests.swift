@@ -538,6 +538,38 @@ struct GatewayTests {
         }
     }
 
+    /// When the ledger cannot write (here another connection's trigger refuses every row), requests are still
+    /// served, the failed batches show in `/aiproxy/ledger/status` and `/metrics`, and once the ledger can
+    /// write again every row goes in: nothing recorded while it failed is lost.
+    @Test func aLedgerThatCannotWrite_isVisible_andCatchesUp() async throws {
+        try await withMocks([.init(name: "a"), .init(name: "b")]) { mocks in
+            let node = try await TestNode.start(yaml: Self.twoRoutesYAML(mocks[0], mocks[1]))
+            defer { Task { await node.stop() } }
+            let path = try #require(try await node.get("/aiproxy/ledger/status").json["path"]?.stringValue)
+            let other = try SQLiteDatabase(path: path)
+            try other.execute("CREATE TRIGGER refuse BEFORE INSERT ON requests BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+            for _ in 0..<3 { #expect(try await node.post("/v1/chat/completions", chatBody("m")).status == 200) }
+            let deadline = ContinuousClock.now + .seconds(20)
+            var status = try await node.get("/aiproxy/ledger/status").json
+            while (status["failed_writes"]?.intValue ?? 0) < 1, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+                status = try await node.get("/aiproxy/ledger/status").json
+            }
+            #expect((status["failed_writes"]?.intValue ?? 0) >= 1, "\(status)")
+            #expect(status["committed_sequence"]?.intValue == 0)
+            let metrics = try PrometheusText.parse(try await node.get("/metrics").text)
+            #expect((metrics["aimesh_ledger_failed_writes"]?.first?.value ?? 0) >= 1)
+            try other.execute("DROP TRIGGER refuse")
+            other.close()
+            while (status["committed_sequence"]?.intValue ?? 0) < 3, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+                status = try await node.get("/aiproxy/ledger/status").json
+            }
+            #expect(status["committed_sequence"]?.intValue == 3, "\(status)")
+            #expect(status["pending_rows"]?.intValue == 0)
+        }
+    }
+
     @Test func models_listEveryRouteWithPrices() async throws {
         try await withMocks([.init(name: "up")]) { mocks in
             let node = try await TestNode.start(yaml: Self.allFormatsYAML(mocks[0]))
