@@ -125,9 +125,7 @@ final class CurlEngine: @unchecked Sendable {
                 failQueued()
             } else {
                 service(ready: 0, fds: nil, flags: nil)
-                let noted = newDeadline
-                newDeadline = nil
-                if let noted { checkDeadlinesAt = min(checkDeadlinesAt ?? noted, noted) }
+                let noted = takeNewDeadline()
                 let next = [timerDeadline, noted].compactMap { $0 }.min() ?? sleepingUntil
                 if next < sleepingUntil {
                     sleepingUntil = next
@@ -221,6 +219,15 @@ final class CurlEngine: @unchecked Sendable {
     /// Records a deadline that appeared inside the engine (holding the lock).
     func noteDeadline(_ deadline: ContinuousClock.Instant) {
         newDeadline = min(newDeadline ?? deadline, deadline)
+    }
+
+    /// Takes the earliest deadline noted since the last look and keeps it in `checkDeadlinesAt`, so the next
+    /// walk comes no later than it, whichever thread looked (holding the lock).
+    private func takeNewDeadline() -> ContinuousClock.Instant? {
+        guard let noted = newDeadline else { return nil }
+        newDeadline = nil
+        checkDeadlinesAt = min(checkDeadlinesAt ?? noted, noted)
+        return noted
     }
 
     /// Called by curl (inside `socket_action`) to say which sockets to wait on.
@@ -414,8 +421,7 @@ final class CurlEngine: @unchecked Sendable {
     /// streams open as with one; only the engine thread calls it, submitters use `newDeadline`.
     private func nextWake() -> ContinuousClock.Instant {
         let now = ContinuousClock.now
-        if let noted = newDeadline { checkDeadlinesAt = min(checkDeadlinesAt ?? noted, noted) }
-        newDeadline = nil
+        _ = takeNewDeadline()
         var wake = now + .seconds(1)
         if let timerDeadline { wake = min(wake, timerDeadline) }
         if let check = checkDeadlinesAt, check > now { return min(wake, check) }

@@ -266,23 +266,12 @@ public final class Ledger: Sendable {
     static let columnCount = 22
 
     private func writerLoop(_ database: SQLiteDatabase) {
-        // Statements for 1 ... rowsPerInsert rows, each prepared when a batch first needs it.
-        var inserts: [SQLiteDatabase.Statement?] = Array(repeating: nil, count: Ledger.rowsPerInsert + 1)
-        // A batch's BEGIN and COMMIT, prepared once: `execute` would parse and compile both for every batch
-        // (8,400 instructions a batch, callgrind), and a lightly loaded node commits a batch per request.
-        let transaction: (begin: SQLiteDatabase.Statement, commit: SQLiteDatabase.Statement)
+        let statements: WriterStatements
         do {
-            inserts[1] = try database.prepare(Ledger.insertSQL(rows: 1))
-            transaction = (try database.prepare("BEGIN IMMEDIATE"), try database.prepare("COMMIT"))
+            statements = try WriterStatements(database)
         } catch {
             logger.critical("ledger cannot prepare its statements", metadata: ["error": "\(error)"])
             return
-        }
-        let insert = { (rows: Int) throws(SQLiteError) -> SQLiteDatabase.Statement in
-            if let statement = inserts[rows] { return statement }
-            let statement = try database.prepare(Ledger.insertSQL(rows: rows))
-            inserts[rows] = statement
-            return statement
         }
         let intervalMicros = max(1000, Int(flushInterval.components.seconds * 1_000_000 + flushInterval.components.attoseconds / 1_000_000_000_000))
         var row = RowBinder()
@@ -303,7 +292,7 @@ public final class Ledger: Sendable {
                 condition.wait(microseconds: intervalMicros)
             }
             state.withLock { state in swap(&state.pending, &batch) }
-            if !batch.isEmpty { write(batch, with: insert, transaction: transaction, database: database, row: &row) }
+            if !batch.isEmpty { write(batch, with: statements, row: &row) }
             batch.removeAll(keepingCapacity: true)
             let (done, ready) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
                 let committed = state.committed
@@ -325,27 +314,22 @@ public final class Ledger: Sendable {
         database.close()
     }
 
-    private func write(_ batch: [(sequence: UInt64, entry: LedgerEntry)], with insert: (Int) throws(SQLiteError) -> SQLiteDatabase.Statement,
-                       transaction: (begin: SQLiteDatabase.Statement, commit: SQLiteDatabase.Statement),
-                       database: SQLiteDatabase, row: inout RowBinder) {
+    private func write(_ batch: [(sequence: UInt64, entry: LedgerEntry)], with statements: WriterStatements, row: inout RowBinder) {
         do {
-            try transaction.begin.run([])
+            try statements.begin.run([])
             var start = batch.startIndex
             while start < batch.endIndex {
                 let end = min(start + Ledger.rowsPerInsert, batch.endIndex)
                 row.reset()
                 for index in start..<end { Ledger.bind(&row, sequence: batch[index].sequence, entry: batch[index].entry) }
-                try insert(end - start).run(row)
+                try statements.insert(rows: end - start).run(row)
                 start = end
             }
-            try transaction.commit.run([])
+            try statements.commit.run([])
             let last = batch.last!.sequence
             state.withLock { $0.committed = max($0.committed, last) }
         } catch {
-            // A statement that failed stays active until reset; neither may hold the transaction open.
-            transaction.begin.reset()
-            transaction.commit.reset()
-            try? database.execute("ROLLBACK")
+            try? statements.database.execute("ROLLBACK")
             let failures = state.withLock { state -> Int in
                 state.failures += 1
                 // Keep the rows for the next try (bounded: drop the oldest beyond 100k).
@@ -384,6 +368,32 @@ public final class Ledger: Sendable {
         row.text(entry.error)
         row.text(entry.metadata)
         row.text(entry.endpoint)
+    }
+}
+
+/// The ledger writer's prepared statements: a batch's BEGIN and COMMIT, prepared once (`execute` would parse
+/// and compile both for every batch: 8,400 instructions, callgrind; a lightly loaded node commits a batch per
+/// request), and INSERTs for 1 ... `Ledger.rowsPerInsert` rows, each prepared when a batch first needs it.
+/// Used by the writer thread only.
+private final class WriterStatements {
+    let database: SQLiteDatabase
+    let begin: SQLiteDatabase.Statement
+    let commit: SQLiteDatabase.Statement
+    private var inserts: [SQLiteDatabase.Statement?]
+
+    init(_ database: SQLiteDatabase) throws(SQLiteError) {
+        self.database = database
+        begin = try database.prepare("BEGIN IMMEDIATE")
+        commit = try database.prepare("COMMIT")
+        inserts = Array(repeating: nil, count: Ledger.rowsPerInsert + 1)
+        inserts[1] = try database.prepare(Ledger.insertSQL(rows: 1))
+    }
+
+    func insert(rows: Int) throws(SQLiteError) -> SQLiteDatabase.Statement {
+        if let statement = inserts[rows] { return statement }
+        let statement = try database.prepare(Ledger.insertSQL(rows: rows))
+        inserts[rows] = statement
+        return statement
     }
 }
 

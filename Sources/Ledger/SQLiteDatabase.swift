@@ -161,9 +161,6 @@ public final class SQLiteDatabase: @unchecked Sendable {
             }
         }
 
-        /// Makes the statement ready to run again (after a failure, it stays active until then).
-        public func reset() { sqlite3_reset(statement) }
-
         /// Advances; true when a row is available.
         public func step() throws(SQLiteError) -> Bool {
             let status = sqlite3_step(statement)
@@ -174,11 +171,11 @@ public final class SQLiteDatabase: @unchecked Sendable {
             }
         }
 
-        /// Binds, runs to completion, resets.
+        /// Binds, runs to completion, resets — failed or not, so a failed statement holds nothing open.
         public func run(_ values: [SQLiteValue]) throws(SQLiteError) {
             try bind(values)
+            defer { sqlite3_reset(statement) }
             while try step() {}
-            sqlite3_reset(statement)
         }
 
         public func row() -> [SQLiteValue] {

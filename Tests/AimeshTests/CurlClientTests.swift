@@ -333,7 +333,7 @@ import Glibc
             let url = mocks[0].baseURL + "/v1/chat/completions"
             mocks[0].enqueue(.delay(.seconds(30)))
             let slow = Task { try await client.send(.post(url, json: chatBody("x").bytes, timeouts: Timeouts(firstByte: .seconds(30)))) }
-            while mocks[0].requestCount < 1 { await Task.yield() }
+            try #require(await eventually { mocks[0].requestCount >= 1 }, "the slow transfer reached the server")
             mocks[0].enqueue(.stall)
             let open = try await client.start(.post(url, json: chatBody("x", stream: true).bytes, timeouts: Timeouts(idle: .seconds(30))))
 

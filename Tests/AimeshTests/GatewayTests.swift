@@ -549,23 +549,22 @@ struct GatewayTests {
             let other = try SQLiteDatabase(path: path)
             try other.execute("CREATE TRIGGER refuse BEFORE INSERT ON requests BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
             for _ in 0..<3 { #expect(try await node.post("/v1/chat/completions", chatBody("m")).status == 200) }
-            let deadline = ContinuousClock.now + .seconds(20)
-            var status = try await node.get("/aiproxy/ledger/status").json
-            while (status["failed_writes"]?.intValue ?? 0) < 1, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(20))
+            var status: JSON = .null
+            let refused = try await eventually {
                 status = try await node.get("/aiproxy/ledger/status").json
+                return (status["failed_writes"]?.intValue ?? 0) >= 1
             }
-            #expect((status["failed_writes"]?.intValue ?? 0) >= 1, "\(status)")
+            #expect(refused, "\(status)")
             #expect(status["committed_sequence"]?.intValue == 0)
             let metrics = try PrometheusText.parse(try await node.get("/metrics").text)
             #expect((metrics["aimesh_ledger_failed_writes"]?.first?.value ?? 0) >= 1)
             try other.execute("DROP TRIGGER refuse")
             other.close()
-            while (status["committed_sequence"]?.intValue ?? 0) < 3, ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(20))
+            let caughtUp = try await eventually {
                 status = try await node.get("/aiproxy/ledger/status").json
+                return (status["committed_sequence"]?.intValue ?? 0) >= 3
             }
-            #expect(status["committed_sequence"]?.intValue == 3, "\(status)")
+            #expect(caughtUp && status["committed_sequence"]?.intValue == 3, "\(status)")
             #expect(status["pending_rows"]?.intValue == 0)
         }
     }

@@ -77,9 +77,7 @@ struct LedgerTests {
         var entries = LedgerTests.entries(6)
         entries[2].model = "refused"
         for entry in entries { ledger.record(entry) }
-        let deadline = ContinuousClock.now + .seconds(20)
-        while ledger.failedWrites < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        #expect(ledger.failedWrites >= 2, "the batch was never refused")
+        #expect(await eventually(every: .milliseconds(5)) { ledger.failedWrites >= 2 }, "the batch was never refused twice")
         #expect(ledger.committedSequence == 0)
         try other.execute("DROP TRIGGER refuse")
         other.close()
