@@ -23,10 +23,24 @@ public final class CurlClient: Sendable {
         public var pauseAboveBufferedBytes: Int = 1 << 20
         /// Sent to TLS (https) endpoints only.
         public var userAgent: String = "aimesh"
+        /// Run the engine's thread as batch work (`SCHED_BATCH` on Linux, `scheduleCurrentThreadAsBatch`):
+        /// woken while every CPU is busy, it waits for the running thread's turn instead of preempting it,
+        /// and finds several answers ready when it runs. A node turns it on (`server.io_scheduling`).
+        public var batchScheduling: Bool = false
         public init() {}
     }
 
     let engine: CurlEngine
+
+    /// Whether the engine's thread runs as batch work (`Configuration.batchScheduling`, where the kernel has
+    /// it); nil until the thread has started.
+    public var runsAsBatch: Bool? {
+        switch engine.threadScheduling.load(ordering: .acquiring) {
+        case 0: nil
+        case 2: true
+        default: false
+        }
+    }
 
     /// How many times a stream was paused because its reader fell behind (back-pressure at work).
     public var pauses: Int { engine.pauses.load(ordering: .relaxed) }

@@ -1,4 +1,5 @@
 import CCurl
+import MeshCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -62,6 +63,9 @@ final class CurlEngine: @unchecked Sendable {
     /// transfer's last activity, one clock read a pass rather than one per header line and chunk.
     @exclusivity(unchecked) private(set) var passStart: ContinuousClock.Instant = .now
     @exclusivity(unchecked) private var closed = false
+    /// Set by the engine's thread as it starts: 1 when it runs as an ordinary thread, 2 as batch work
+    /// (`CurlClient.Configuration.batchScheduling`); 0 before.
+    let threadScheduling = Atomic<UInt8>(0)
 
     init(configuration: CurlClient.Configuration) {
         precondition(curlGlobalInit, "curl_global_init failed")
@@ -99,6 +103,8 @@ final class CurlEngine: @unchecked Sendable {
         let result = pthread_create(&thread, nil, { argument in
             let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
             aimesh_name_current_thread("aimesh-curl")
+            let batch = box.engine.configuration.batchScheduling && scheduleCurrentThreadAsBatch()
+            box.engine.threadScheduling.store(batch ? 2 : 1, ordering: .releasing)
             box.engine.run()
             return nil
         }, box)

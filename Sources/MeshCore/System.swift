@@ -79,3 +79,30 @@ public func writeSmallFile(_ path: String, _ text: String, mode: mode_t = 0o644)
     defer { close(fd) }
     return text.utf8CString.withUnsafeBufferPointer { buffer in write(fd, buffer.baseAddress, buffer.count - 1) == buffer.count - 1 }
 }
+
+/// Asks the kernel to schedule the calling thread as batch work (`SCHED_BATCH`, Linux): when it wakes while
+/// every CPU is busy it waits for the running thread's turn to end instead of preempting it, so it finds
+/// several events ready when it runs. For threads that drain completions (the curl engine, the ledger writer):
+/// on a loaded 2-core machine the curl engine's thread then wakes half as often and costs half as much a
+/// request (docs/PERFORMANCE.md). A wake-up on an idle CPU runs at once as before, so an unloaded node answers
+/// as fast. No privilege is needed; returns false where the policy does not exist.
+@discardableResult
+public func scheduleCurrentThreadAsBatch() -> Bool {
+    #if os(Linux)
+    var parameters = sched_param()
+    parameters.sched_priority = 0
+    // SCHED_BATCH is 3 in <linux/sched.h>; Glibc's Swift overlay does not export the constant.
+    return sched_setscheduler(0, 3, &parameters) == 0
+    #else
+    return false
+    #endif
+}
+
+/// Whether the calling thread runs as batch work (`scheduleCurrentThreadAsBatch`).
+public func currentThreadIsBatch() -> Bool {
+    #if os(Linux)
+    return sched_getscheduler(0) == 3
+    #else
+    return false
+    #endif
+}

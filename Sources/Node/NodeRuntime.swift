@@ -70,7 +70,9 @@ public final class NodeRuntime: Sendable {
         self.logger = logger
         let dataDir = configuration.node.resolvedDataDir
         try NodeRuntime.makeDirectory(dataDir)
-        let client = CurlClient()
+        var clientConfiguration = CurlClient.Configuration()
+        clientConfiguration.batchScheduling = configuration.server.batchIOScheduling
+        let client = CurlClient(configuration: clientConfiguration)
         self.client = client
         var ledger: Ledger?
         var spend: (day: Double, month: Double) = (0, 0)

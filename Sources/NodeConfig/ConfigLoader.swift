@@ -249,7 +249,7 @@ struct SectionParser {
     // MARK: server
 
     func parseServer(_ field: Field, into server: inout ServerSection) {
-        let allowed = ["listen_addr", "read_timeout", "write_timeout", "request_timeout", "max_request_size", "endpoints"]
+        let allowed = ["listen_addr", "read_timeout", "write_timeout", "request_timeout", "max_request_size", "io_scheduling", "endpoints"]
         guard let members = reader.mapping(field, allowed: allowed) else { return }
         for (key, value) in members {
             switch key {
@@ -261,6 +261,8 @@ struct SectionParser {
                 if let size = reader.byteSize(value) {
                     if size < 1024 { reader.error(value, "must be at least 1KB") } else { server.maxRequestSize = size }
                 }
+            case "io_scheduling":
+                server.batchIOScheduling = reader.oneOf(value, ["batch": true, "normal": false], what: "io_scheduling") ?? server.batchIOScheduling
             case "endpoints":
                 guard let items = reader.sequence(value) else { continue }
                 for item in items {

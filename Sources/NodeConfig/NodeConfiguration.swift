@@ -114,6 +114,9 @@ public struct ServerSection: Sendable {
     /// The overall deadline of one client request, failover included.
     public var requestTimeout: Duration = .seconds(300)
     public var maxRequestSize = 10 * 1024 * 1024
+    /// `io_scheduling`: whether the thread that talks to upstreams (libcurl's) runs as batch work
+    /// (`batch`, the default) or as an ordinary thread (`normal`). See `CurlClient.Configuration.batchScheduling`.
+    public var batchIOScheduling = true
     /// Paths switched off with `endpoints: [{path, enabled: false}]`.
     public var disabledPaths: Set<String> = []
     public init() {}

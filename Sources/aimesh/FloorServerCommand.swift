@@ -40,7 +40,10 @@ struct FloorServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard let address = HostPort(parsing: listen) else { throw ValidationError("--listen must be HOST:PORT") }
-        let client = CurlClient()
+        // A node's client: its curl thread runs as batch work (`server.io_scheduling`'s default).
+        var clientConfiguration = CurlClient.Configuration()
+        clientConfiguration.batchScheduling = true
+        let client = CurlClient(configuration: clientConfiguration)
         let upstream = self.upstream
         let canned = ByteBuffer(string: #"{"id":"floor","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#)
         if stack == .nio {

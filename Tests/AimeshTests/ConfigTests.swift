@@ -153,6 +153,19 @@ import Testing
         #expect(config.provider(named: "oa")?.models[0].upstreamModel == "gpt-4o-mini")
     }
 
+    @Test func ioScheduling_isBatchUnlessSetToNormal_andAnUnknownValueNamesItsLine() throws {
+        let plain = try #require(ConfigLoader.parse(yaml: "server: { listen_addr: \"127.0.0.1:0\" }\n").configuration)
+        #expect(plain.server.batchIOScheduling)
+        let normal = try #require(ConfigLoader.parse(yaml: "server:\n  io_scheduling: normal\n").configuration)
+        #expect(!normal.server.batchIOScheduling)
+        let batch = try #require(ConfigLoader.parse(yaml: "server:\n  io_scheduling: batch\n").configuration)
+        #expect(batch.server.batchIOScheduling)
+        let bad = ConfigLoader.parse(yaml: "server:\n  io_scheduling: realtime\n", file: "s.yaml")
+        #expect(bad.configuration == nil)
+        let line = try #require(bad.errors.first).description
+        #expect(line.hasPrefix("s.yaml:2: server.io_scheduling:") && line.contains("realtime") && line.contains("batch, normal"), "\(line)")
+    }
+
     @Test func errors_nameFileLineAndField() {
         let yaml = """
             server:

@@ -10,6 +10,26 @@ import Glibc
 @Suite(.timeLimit(.minutes(1))) struct CurlClientTests {
     let client = CurlClient()
 
+    /// A node's curl thread runs as batch work unless `server.io_scheduling: normal` (where the kernel has
+    /// the policy at all: a probe thread asks first, so the test holds on any kernel).
+    @Test func aNodesCurlThread_runsAsBatch_unlessConfiguredNormal() async throws {
+        let kernelHasBatch = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            Thread { continuation.resume(returning: scheduleCurrentThreadAsBatch() && currentThreadIsBatch()) }.start()
+        }
+        #expect(!currentThreadIsBatch(), "the probe changed its own thread only")
+        let plain = CurlClient()
+        #expect(await eventually { plain.runsAsBatch != nil })
+        #expect(plain.runsAsBatch == false, "a plain client keeps an ordinary thread")
+        for (setting, batch) in [("", kernelHasBatch), ("io_scheduling: normal", false), ("io_scheduling: batch", kernelHasBatch)] {
+            let node = try await TestNode.start(yaml: "", name: "sched", serverExtra: setting)
+            let started = await eventually { node.runtime.client.runsAsBatch != nil }
+            let runsAsBatch = node.runtime.client.runsAsBatch
+            await node.stop()
+            #expect(started, "the curl thread started (\(setting))")
+            #expect(runsAsBatch == batch, "\(setting.isEmpty ? "default" : setting): batch \(String(describing: runsAsBatch))")
+        }
+    }
+
     @Test func post_getsTheWholeJSONBody_andReusesTheConnection() async throws {
         try await withMocks([.init(name: "m")]) { mocks in
             let url = mocks[0].baseURL + "/v1/chat/completions"
