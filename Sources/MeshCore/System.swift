@@ -82,10 +82,10 @@ public func writeSmallFile(_ path: String, _ text: String, mode: mode_t = 0o644)
 
 /// Asks the kernel to schedule the calling thread as batch work (`SCHED_BATCH`, Linux): when it wakes while
 /// every CPU is busy it waits for the running thread's turn to end instead of preempting it, so it finds
-/// several events ready when it runs. For threads that drain completions (the curl engine, the ledger writer):
-/// on a loaded 2-core machine the curl engine's thread then wakes half as often and costs half as much a
-/// request (docs/PERFORMANCE.md). A wake-up on an idle CPU runs at once as before, so an unloaded node answers
-/// as fast. No privilege is needed; returns false where the policy does not exist.
+/// several events ready when it runs. For a thread that drains completions (the curl engine's): on a loaded
+/// 2-core machine it then sleeps half as often and costs about 40 % less a request (docs/PERFORMANCE.md). A
+/// wake-up on an idle CPU runs at once as before, so an unloaded node answers as fast. No privilege is needed;
+/// returns false where the policy does not exist.
 @discardableResult
 public func scheduleCurrentThreadAsBatch() -> Bool {
     #if os(Linux)
