@@ -214,6 +214,10 @@ public final class NodeRuntime: Sendable {
                 // Now peers can be told where this node's API is.
                 self.mesh?.readvertise()
                 self.logger.notice("aimesh node listening", metadata: ["node.id": "\(self.configuration.node.id)", "api": "\(HostPort(host: listen.host, port: port))"])
+                // The curl thread asked for batch scheduling as it started; say so if the kernel refused.
+                if self.configuration.server.batchIOScheduling, self.client.runsAsBatch == false {
+                    self.logger.warning("server.io_scheduling is batch, but this kernel refused SCHED_BATCH: the upstream thread runs as an ordinary thread")
+                }
             },
             logger: logger
         )
