@@ -91,17 +91,19 @@ public func scheduleCurrentThreadAsBatch() -> Bool {
     #if os(Linux)
     var parameters = sched_param()
     parameters.sched_priority = 0
-    // SCHED_BATCH is 3 in <linux/sched.h>; Glibc's Swift overlay does not export the constant.
-    return sched_setscheduler(0, 3, &parameters) == 0
+    return sched_setscheduler(0, schedBatch, &parameters) == 0
     #else
     return false
     #endif
 }
 
+/// `SCHED_BATCH` in <linux/sched.h>; Glibc's Swift overlay does not export the constant.
+private let schedBatch: Int32 = 3
+
 /// Whether the calling thread runs as batch work (`scheduleCurrentThreadAsBatch`).
 public func currentThreadIsBatch() -> Bool {
     #if os(Linux)
-    return sched_getscheduler(0) == 3
+    return sched_getscheduler(0) == schedBatch
     #else
     return false
     #endif

@@ -40,9 +40,9 @@ struct FloorServerCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard let address = HostPort(parsing: listen) else { throw ValidationError("--listen must be HOST:PORT") }
-        // A node's client: its curl thread runs as batch work (`server.io_scheduling`'s default).
+        // A node's client: its curl thread scheduled as `server.io_scheduling`'s default has it.
         var clientConfiguration = CurlClient.Configuration()
-        clientConfiguration.batchScheduling = true
+        clientConfiguration.batchScheduling = ServerSection().batchIOScheduling
         let client = CurlClient(configuration: clientConfiguration)
         let upstream = self.upstream
         let canned = ByteBuffer(string: #"{"id":"floor","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#)
