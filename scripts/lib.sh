@@ -91,14 +91,15 @@ machine_wakeup() {
     echo "${figure:--}"
 }
 
-# write_bench_node FILE ID DATA_DIR API_PORT MOCK_PORT [GOSSIP_PORT] writes the benchmarks' serving node: the
-# mock's m-fast as a local provider, warnings only; with GOSSIP_PORT the mesh is on and listens there.
+# write_bench_node FILE ID DATA_DIR API_PORT MOCK_PORT [GOSSIP_PORT [SERVER_EXTRA]] writes the benchmarks' serving
+# node: the mock's m-fast as a local provider, warnings only; with GOSSIP_PORT the mesh is on and listens there;
+# SERVER_EXTRA ("key: value") goes into its server section.
 write_bench_node() {
-    local file="$1" id="$2" data="$3" api="$4" mock="$5" gossip="${6:-}" mesh=""
+    local file="$1" id="$2" data="$3" api="$4" mock="$5" gossip="${6:-}" server="${7:+, $7}" mesh=""
     [ -n "$gossip" ] && mesh=", mesh: { enabled: true, listen_addr: \"127.0.0.1:$gossip\" }"
     cat >"$file" <<YAML
 node: { id: $id, data_dir: $data$mesh }
-server: { listen_addr: "127.0.0.1:$api" }
+server: { listen_addr: "127.0.0.1:$api"$server }
 providers:
   fast: { type: local, base_url: "http://127.0.0.1:$mock/v1", models: [ { name: m-fast, upstream_model: m-fast } ] }
 observability: { logging: { level: warning } }
